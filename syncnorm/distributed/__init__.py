@@ -1,0 +1,13 @@
+"""Communication: process groups and the few collectives syncnorm uses (all in `comm.py`).
+
+Works unchanged under `mpirun -n P` / `srun` and in a plain `python` process (a world of size 1
+that never loads MPI).
+"""
+from .comm import CollectiveTimeoutError, default_timeout
+from .env import MPIMismatchError
+from .group import (ProcessGroup, as_group, get_rank, get_world_group, get_world_size, new_group,
+                    new_subgroups, new_subgroups_by_enumeration, split_by_node)
+
+__all__ = ["ProcessGroup", "as_group", "get_rank", "get_world_group", "get_world_size", "new_group",
+           "new_subgroups", "new_subgroups_by_enumeration", "split_by_node",
+           "CollectiveTimeoutError", "MPIMismatchError", "default_timeout"]

@@ -1,0 +1,171 @@
+"""Process groups shaped like torch.distributed's, over MPI communicators.
+
+A `ProcessGroup` is a set of world ranks; members hold an MPI communicator over them. The world of a
+plain `python` process is a group of size 1 that never touches MPI. Anywhere a group is accepted, an
+mpi4py communicator is accepted too.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import comm as C
+from .env import check_world, wants_mpi
+
+__all__ = ["ProcessGroup", "get_world_group", "get_rank", "get_world_size", "new_group",
+           "new_subgroups", "new_subgroups_by_enumeration", "split_by_node", "as_group"]
+
+
+class ProcessGroup:
+    """A group of ranks. `comm` is None for a group of size 1 without MPI and for a group that
+    this rank is not a member of (a descriptor of others' group)."""
+
+    def __init__(self, comm: Any, ranks: Sequence[int], my_world_rank: int, name: str) -> None:
+        self.comm = comm
+        self.ranks = tuple(int(r) for r in ranks)
+        self.name = name
+        self.rank = self.ranks.index(my_world_rank) if my_world_rank in self.ranks else -1
+        self.size = len(self.ranks)
+
+    @property
+    def is_member(self) -> bool:
+        return self.rank >= 0
+
+    def __repr__(self) -> str:
+        return f"ProcessGroup({self.name}, ranks={list(self.ranks)})"
+
+
+_WORLD: ProcessGroup | None = None
+
+
+def get_world_group() -> ProcessGroup:
+    """The group of all ranks (size 1 and no MPI in a plain process)."""
+    global _WORLD
+    if _WORLD is None:
+        if wants_mpi():
+            w = C.mpi().COMM_WORLD
+            check_world(w.Get_size())
+            _WORLD = ProcessGroup(w, range(w.Get_size()), w.Get_rank(), "world")
+        else:
+            _WORLD = ProcessGroup(None, [0], 0, "world")
+    return _WORLD
+
+
+def get_rank(group: Any = None) -> int:
+    """This process's rank in `group` (default world); -1 when it is not a member."""
+    return as_group(group).rank
+
+
+def get_world_size(group: Any = None) -> int:
+    """Number of ranks in `group` (default world)."""
+    return as_group(group).size
+
+
+def _world_ranks_of(comm: Any) -> list[int]:
+    w = get_world_group()
+    if w.comm is None:
+        return [0] * comm.Get_size()
+    return list(comm.Get_group().Translate_ranks(list(range(comm.Get_size())), w.comm.Get_group()))
+
+
+def as_group(group: Any) -> ProcessGroup:
+    """Accept None (world), a ProcessGroup, or an mpi4py communicator."""
+    if group is None:
+        return get_world_group()
+    if isinstance(group, ProcessGroup):
+        return group
+    if all(hasattr(group, a) for a in ("Get_size", "Get_rank", "Allreduce", "Get_group")):
+        w = get_world_group()
+        ranks = _world_ranks_of(group)
+        me = ranks[group.Get_rank()] if w.comm is not None else 0
+        return ProcessGroup(group, ranks, me, f"communicator {getattr(group, 'name', '')!s}".strip())
+    raise TypeError("process_group must be a syncnorm ProcessGroup, an mpi4py communicator or None; "
+                    f"got {type(group).__name__}")
+
+
+def _check_ranks(ranks: Sequence[int], world_size: int, what: str) -> list[int]:
+    out = []
+    for r in ranks:
+        if not isinstance(r, (int, np.integer)) or isinstance(r, bool):
+            raise TypeError(f"{what}: ranks must be integers, got {r!r}")
+        if not 0 <= r < world_size:
+            raise ValueError(f"{what}: rank {r} is outside the world of size {world_size}")
+        out.append(int(r))
+    if len(set(out)) != len(out):
+        raise ValueError(f"{what}: rank list {out} names a rank twice")
+    if not out:
+        raise ValueError(f"{what}: a group needs at least one rank")
+    return out
+
+
+def new_group(ranks: Sequence[int] | None = None) -> ProcessGroup:
+    """A group of `ranks` (world ranks, in group-rank order). Collective over the members only:
+    members must call it; non-members may, and get a non-member descriptor without communicating."""
+    w = get_world_group()
+    if ranks is None:
+        return w
+    ranks = _check_ranks(ranks, w.size, "new_group")
+    me = w.ranks[w.rank]
+    if me not in ranks or w.comm is None:
+        return ProcessGroup(None, ranks, me, f"group {ranks}")
+    return ProcessGroup(C.create_group(w.comm, ranks), ranks, me, f"group {ranks}")
+
+
+def new_subgroups_by_enumeration(ranks_per_subgroup_list: Sequence[Sequence[int]]
+                                 ) -> tuple[ProcessGroup | None, list[ProcessGroup]]:
+    """Disjoint subgroups from explicit rank lists; collective over the world.
+
+    Returns (this rank's subgroup or None when it is in none, all subgroups)."""
+    w = get_world_group()
+    lists = [_check_ranks(r, w.size, "new_subgroups_by_enumeration") for r in ranks_per_subgroup_list]
+    seen: dict[int, int] = {}
+    for i, rl in enumerate(lists):
+        for r in rl:
+            if r in seen:
+                raise ValueError(f"new_subgroups_by_enumeration: rank {r} is in subgroup {seen[r]} "
+                                 f"and subgroup {i}; subgroups must be disjoint")
+            seen[r] = i
+    me = w.ranks[w.rank]
+    n = len(lists)
+    if w.comm is None:
+        groups = [ProcessGroup(None, rl, me, f"subgroup {i} of {n}") for i, rl in enumerate(lists)]
+        return (groups[seen[me]] if me in seen else None), groups
+    color = seen.get(me)
+    sub = C.split(w.comm, color, lists[color].index(me) if color is not None else 0)
+    groups = [ProcessGroup(sub if i == color else None, rl, me, f"subgroup {i} of {n}")
+              for i, rl in enumerate(lists)]
+    return (groups[color] if color is not None else None), groups
+
+
+def new_subgroups(group_size: int | None = None) -> tuple[ProcessGroup, list[ProcessGroup]]:
+    """Contiguous subgroups of `group_size` ranks ([0..g-1], [g..2g-1], ...); collective over the
+    world. Without a size: one subgroup per node (see `split_by_node`)."""
+    w = get_world_group()
+    if group_size is None:
+        return split_by_node()
+    if not isinstance(group_size, (int, np.integer)) or group_size <= 0:
+        raise ValueError(f"group_size must be a positive integer, got {group_size!r}")
+    if w.size % group_size:
+        raise ValueError(f"the world size {w.size} is not divisible by group_size {group_size}")
+    lists = [list(range(s, s + group_size)) for s in range(0, w.size, group_size)]
+    cur, groups = new_subgroups_by_enumeration(lists)
+    assert cur is not None
+    return cur, groups
+
+
+def split_by_node() -> tuple[ProcessGroup, list[ProcessGroup]]:
+    """One subgroup per machine (ranks that share memory); collective over the world."""
+    w = get_world_group()
+    if w.comm is None:
+        return w, [w]
+    node = C.split_shared(w.comm)
+    me = w.ranks[w.rank]
+    leaders = C.allgather(np.array([min(C.allgather(np.array([me]), node)[:, 0])]), w.comm)[:, 0]
+    order = sorted(set(int(x) for x in leaders))
+    groups = []
+    for i, lead in enumerate(order):
+        ranks = [r for r in range(w.size) if leaders[r] == lead]
+        groups.append(ProcessGroup(node if me in ranks else None, ranks, me, f"node {i} of {len(order)}"))
+    cur = next(g for g in groups if g.is_member)
+    return cur, groups

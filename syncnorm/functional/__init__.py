@@ -1,0 +1,4 @@
+"""Pure numpy kernels of the normalizations: no state, no MPI."""
+from .moments import mean_var, moments
+
+__all__ = ["moments", "mean_var"]

@@ -1,0 +1,242 @@
+"""BatchNorm1d/2d/3d with torch.nn's constructor, state_dict keys and train/eval rules.
+
+The statistics step is one code path for local and synchronized BatchNorm: `_BatchNorm` computes the
+local shifted sums (`functional.moments`) and hands them to `_reduce_stats`, which is the identity
+here and one Allreduce within the process group in `SyncBatchNorm`. Likewise `_reduce_grads` in
+backward.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..functional import batch_norm as K
+from ..functional.moments import mean_var, moments
+from .module import Module, Parameter
+
+__all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_input(x: Any, who: str) -> np.ndarray:
+    """Return `x` as an ndarray of a floating dtype, or raise a TypeError naming what came."""
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"{who}: expected a numpy array, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{who}: expected a floating-point input (float16, float32 or float64), "
+                        f"got dtype {x.dtype}")
+    return x
+
+
+class _NormBase(Module):
+    """Parameters and buffers shared by the BatchNorm and InstanceNorm families (torch's _NormBase)."""
+
+    _version = 2
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        if device not in (None, "cpu"):
+            raise ValueError(f"syncnorm runs on the CPU; got device={device!r}")
+        num_features = int(num_features)
+        if num_features < 0:
+            raise ValueError(f"num_features must be >= 0, got {num_features}")
+        if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
+        if float(eps) < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        dt = np.dtype(np.float32 if dtype is None else dtype)
+        if dt not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float16, float32 or float64, got {dt}")
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.momentum = None if momentum is None else float(momentum)
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        self._param_dtype = dt
+        if self.affine:
+            self.weight = Parameter(np.ones(num_features, dt))
+            self.bias = Parameter(np.zeros(num_features, dt))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dt))
+            self.register_buffer("running_var", np.ones(num_features, dt))
+            self.register_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self._cache: tuple | None = None
+        self._stat_shift: np.ndarray | None = None
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            self.weight.data[...] = 1
+            self.bias.data[...] = 0
+
+    def extra_repr(self) -> str:
+        return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
+                "track_running_stats={track_running_stats}".format(**self.__dict__))
+
+    def _upgrade_state(self, state: dict, prefix: str, version: int | None) -> None:
+        # torch: state dicts before version 2 have no num_batches_tracked; fill it in.
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 2) and self.track_running_stats and key not in state:
+            state[key] = np.array(self.num_batches_tracked, copy=True)
+
+    def _check_input_dim(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+
+class _BatchNorm(_NormBase):
+    """Training normalizes with batch statistics (biased variance) and updates the running
+    statistics with the unbiased variance; eval uses the running statistics, or batch statistics
+    when `track_running_stats=False`."""
+
+    # ------------------------------------------------------------------ hooks for SyncBatchNorm
+    def _reduce_stats(self, n: int, s1: np.ndarray, s2: np.ndarray,
+                      shift: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        return n, s1, s2
+
+    def _reduce_grads(self, g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return g, h
+
+    def _syncs(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ forward
+    def _check_channels(self, x: np.ndarray) -> None:
+        if x.shape[1] == 0:
+            raise ValueError(f"{type(self).__name__}: number of input channels should be non-zero, "
+                             f"got input of shape {tuple(x.shape)}")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}: expected input with {self.num_features} "
+                             f"channels (shape (N, {self.num_features}, ...)), got input of shape "
+                             f"{tuple(x.shape)}")
+
+    def _shift(self) -> np.ndarray:
+        """A per-channel value near the mean, identical on every rank of a group."""
+        if self.running_mean is not None:
+            return self.running_mean.astype(np.float64)
+        if self._stat_shift is None:
+            self._stat_shift = np.zeros(self.num_features)
+        return self._stat_shift
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, C, *) float16/32/64 -> y of the same shape and dtype."""
+        x = check_float_input(x, type(self).__name__)
+        self._check_input_dim(x)
+        self._check_channels(x)
+        x3 = K.as_acm(x)
+        use_batch = self.training or self.running_mean is None
+        if use_batch:
+            shift = self._shift()
+            n, s1, s2 = moments(x3, shift)
+            if self.training:
+                n, s1, s2 = self._reduce_stats(n, s1, s2, shift)
+            if self.training and n == 1:
+                raise ValueError("Expected more than 1 value per channel when training, got input "
+                                 f"size {tuple(x.shape)}"
+                                 + (" (1 value in the whole process group)" if self._syncs() else ""))
+            if n == 0:
+                self._cache = (x.shape, x3, None, None, True, 0, self.training)
+                return np.empty(x.shape, x.dtype)
+            mean, var = mean_var(n, s1, s2, shift)
+            if self.running_mean is None:
+                self._stat_shift = mean
+            if self.training and self.track_running_stats:
+                self._update_running(mean, var, n)
+            invstd = 1.0 / np.sqrt(var + self.eps)
+        else:
+            mean = self.running_mean.astype(np.float64)
+            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
+            n = x3.shape[0] * x3.shape[2]
+        w = None if self.weight is None else self.weight.data.astype(np.float64)
+        b = None if self.bias is None else self.bias.data.astype(np.float64)
+        y = K.normalize(x3, mean, invstd, w, b).reshape(x.shape)
+        self._cache = (x.shape, x3, mean, invstd, use_batch, n, use_batch and self.training)
+        return y
+
+    def _update_running(self, mean: np.ndarray, var: np.ndarray, n: float) -> None:
+        self.num_batches_tracked += 1
+        if self.momentum is None:
+            f = 1.0 / float(self.num_batches_tracked)
+        else:
+            f = self.momentum
+        unbiased = var * (n / (n - 1))
+        rm, rv = self.running_mean, self.running_var
+        rm[...] = (1 - f) * rm.astype(np.float64) + f * mean
+        rv[...] = (1 - f) * rv.astype(np.float64) + f * unbiased
+
+    # ------------------------------------------------------------------ backward
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output (N, C, *) -> grad_input; adds the local weight/bias gradients into `.grad`."""
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward() called without a forward() before "
+                               "it (or twice for one forward)")
+        shape, x3, mean, invstd, use_batch, n, synced = self._cache
+        dy = check_float_input(grad_output, f"{type(self).__name__}.backward")
+        if dy.shape != tuple(shape):
+            raise ValueError(f"{type(self).__name__}.backward: expected grad_output of shape "
+                             f"{tuple(shape)} (the forward input's), got {tuple(dy.shape)}")
+        self._cache = None
+        dy3 = K.as_acm(dy)
+        C = shape[1]
+        if mean is None:  # the whole group had 0 samples: take part in the collective, return empty
+            if synced:
+                self._reduce_grads(np.zeros(C), np.zeros(C))
+            self._accumulate(np.zeros(C), np.zeros(C))
+            return np.empty(shape, dy.dtype)
+        g, h = K.backward_reduce(dy3, x3, mean)
+        self._accumulate(h * invstd, g)
+        w = None if self.weight is None else self.weight.data.astype(np.float64)
+        if use_batch:
+            G, H = self._reduce_grads(g, h) if synced else (g, h)
+            dx = K.backward_elemt(dy3, x3, mean, invstd, w, G, H, n)
+        else:
+            dx = K.eval_backward(dy3, invstd, w)
+        return dx.reshape(shape).astype(dy.dtype, copy=False)
+
+    def _accumulate(self, dweight: np.ndarray, dbias: np.ndarray) -> None:
+        if self.weight is not None:
+            self.weight.accumulate_grad(dweight)
+            self.bias.accumulate_grad(dbias)
+
+
+class BatchNorm1d(_BatchNorm):
+    """BatchNorm over (N, C) or (N, C, L) input."""
+
+    def _check_input_dim(self, x: np.ndarray) -> None:
+        if x.ndim not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {x.ndim}D input)")
+
+
+class BatchNorm2d(_BatchNorm):
+    """BatchNorm over (N, C, H, W) input."""
+
+    def _check_input_dim(self, x: np.ndarray) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"expected 4D input (got {x.ndim}D input)")
+
+
+class BatchNorm3d(_BatchNorm):
+    """BatchNorm over (N, C, D, H, W) input."""
+
+    def _check_input_dim(self, x: np.ndarray) -> None:
+        if x.ndim != 5:
+            raise ValueError(f"expected 5D input (got {x.ndim}D input)")
