@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["moments", "mean_var", "block_ranges", "BLOCK_ELEMS"]
+__all__ = ["moments", "mean_var", "poorly_shifted", "block_ranges", "BLOCK_ELEMS"]
+
+#: (mean - shift)^2 / var above which float64 shifted sums may lose more than ~1e-8 of the variance
+RESHIFT_RATIO = 1e8
 
 #: elements per block (float64 scratch of this size stays in the L2 cache)
 BLOCK_ELEMS = 1 << 15
@@ -68,3 +71,14 @@ def mean_var(n: int | float, s1: np.ndarray, s2: np.ndarray,
     mean = d if shift is None else shift + d
     var = np.maximum(s2 / n - d * d, 0.0)
     return mean, var
+
+
+def poorly_shifted(n: int | float, s1: np.ndarray, s2: np.ndarray) -> bool:
+    """True when the shift was so far from the mean (|mean - K| > 1e4 std) that the variance from
+    these sums is not exact; the caller then sums again about the mean just found. Depends only
+    on the (reduced) sums, so every rank of a group decides alike."""
+    if n <= 0:
+        return False
+    d = s1 / n
+    var = s2 / n - d * d
+    return bool(np.any(d * d > RESHIFT_RATIO * np.maximum(var, 0.0)) and np.any(d != 0))

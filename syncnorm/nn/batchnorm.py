@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..functional import batch_norm as K
-from ..functional.moments import mean_var, moments
+from ..functional.moments import mean_var, moments, poorly_shifted
 from .module import Module, Parameter
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -130,12 +130,20 @@ class _BatchNorm(_NormBase):
                              f"{tuple(x.shape)}")
 
     def _shift(self) -> np.ndarray:
-        """A per-channel value near the mean, identical on every rank of a group."""
+        """A per-channel value near the mean, identical on every rank of a group: the running mean
+        (saved in checkpoints, so a resumed run rounds exactly like an uninterrupted one), else the
+        last training step's group mean, else 0."""
         if self.running_mean is not None:
             return self.running_mean.astype(np.float64)
-        if self._stat_shift is None:
-            self._stat_shift = np.zeros(self.num_features)
-        return self._stat_shift
+        if self._stat_shift is not None and self._stat_shift.shape == (self.num_features,):
+            return self._stat_shift
+        return np.zeros(self.num_features)
+
+    def _batch_sums(self, x3: np.ndarray, shift: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        n, s1, s2 = moments(x3, shift)
+        if self.training:
+            return self._reduce_stats(n, s1, s2, shift)
+        return n, s1, s2
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x: (N, C, *) float16/32/64 -> y of the same shape and dtype."""
@@ -146,9 +154,10 @@ class _BatchNorm(_NormBase):
         use_batch = self.training or self.running_mean is None
         if use_batch:
             shift = self._shift()
-            n, s1, s2 = moments(x3, shift)
-            if self.training:
-                n, s1, s2 = self._reduce_stats(n, s1, s2, shift)
+            n, s1, s2 = self._batch_sums(x3, shift)
+            if poorly_shifted(n, s1, s2):  # rare: the first step on data far from 0
+                shift = shift + s1 / n
+                n, s1, s2 = self._batch_sums(x3, shift)
             if self.training and n == 1:
                 raise ValueError("Expected more than 1 value per channel when training, got input "
                                  f"size {tuple(x.shape)}"
@@ -157,7 +166,7 @@ class _BatchNorm(_NormBase):
                 self._cache = (x.shape, x3, None, None, True, 0, self.training)
                 return np.empty(x.shape, x.dtype)
             mean, var = mean_var(n, s1, s2, shift)
-            if self.running_mean is None:
+            if self.training and self.running_mean is None:
                 self._stat_shift = mean
             if self.training and self.track_running_stats:
                 self._update_running(mean, var, n)
