@@ -55,5 +55,5 @@ def run_mpi(nprocs: int, args: list[str], timeout: float = 180, env: dict[str, s
 def run_pytest_mpi(nprocs: int, target: str, timeout: float = 300, extra: tuple[str, ...] = (),
                    env: dict[str, str] | None = None) -> Job:
     """Run the pytest-mpi tests of `target` (a path under tests/mpi/) on `nprocs` ranks."""
-    return run_mpi(nprocs, ["-m", "pytest", "--with-mpi", "-q", "-x", "-p", "no:cacheprovider",
+    return run_mpi(nprocs, ["-m", "pytest", "--with-mpi", "-q", "-x", "--color=no", "-p", "no:cacheprovider",
                             "-o", "python_files=mpi_*.py", target, *extra], timeout, env)
