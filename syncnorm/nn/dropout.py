@@ -1,0 +1,105 @@
+"""`Dropout`, as torch.nn.Dropout, with optional per-sample random streams.
+
+In training mode each element is zeroed with probability p and the rest are scaled by 1/(1-p); in
+eval mode (or with p = 0) the input passes through unchanged.
+
+Where the random numbers come from:
+- by default from the layer's numpy Generator (`generator=`, else `syncnorm.nn.init`'s default):
+  the masks then depend on how the batch was split across ranks, as in torch;
+- after `set_dropout_keys(model, sample_ids, step, seed)`, the next forward of every Dropout in
+  `model` draws the mask of sample i from its own stream keyed by (seed, the layer's position in
+  the model, step, sample_ids[i]). A sample then gets the same mask whichever rank processes it and
+  whatever the batch size, which makes data-parallel training with dropout follow exactly the same
+  trajectory as one process training on the whole batch (see `syncnorm.train`). torch has no such
+  mode.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from . import init
+from ._util import check_float_input, check_grad_shape, no_forward
+from .module import Module
+
+__all__ = ["Dropout", "set_dropout_keys"]
+
+
+class Dropout(Module):
+    """Elementwise dropout on any input shape (N, *)."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *,
+                 generator: np.random.Generator | None = None) -> None:
+        super().__init__()
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+        self.p = float(p)
+        self.inplace = bool(inplace)
+        self.generator = None if generator is None else init.resolve_generator(generator)
+        self._keys: tuple[int, int, int, np.ndarray] | None = None
+        self._scale: np.ndarray | None = None
+        self._shape: tuple[int, ...] | None = None
+
+    def _uniform(self, shape: tuple[int, ...]) -> np.ndarray:
+        keys, self._keys = self._keys, None
+        if keys is None:
+            gen = self.generator if self.generator is not None else init.default_generator()
+            return gen.random(shape)
+        seed, stream, step, ids = keys
+        if len(shape) == 0 or shape[0] != len(ids):
+            raise ValueError(f"Dropout: set_dropout_keys gave {len(ids)} sample ids but the input has "
+                             f"shape {shape} (one id per sample along dim 0 is expected)")
+        u = np.empty(shape)
+        for i, sid in enumerate(ids):
+            u[i] = np.random.default_rng([seed, stream, step, int(sid)]).random(shape[1:])
+        return u
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        x = check_float_input(x, "Dropout")
+        self._shape = x.shape
+        if not self.training or self.p == 0.0:
+            self._keys = None
+            self._scale = None
+            return x
+        if self.p == 1.0:
+            self._keys = None
+            scale = np.zeros(x.shape, x.dtype)
+        else:
+            keep = self._uniform(x.shape) >= self.p
+            scale = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        self._scale = scale
+        if self.inplace:
+            x *= scale
+            return x
+        return x * scale
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        if self._shape is None:
+            raise no_forward("Dropout")
+        shape, scale = self._shape, self._scale
+        self._shape = self._scale = None
+        dy = check_grad_shape(grad_output, shape, "Dropout")
+        return dy if scale is None else dy * scale.astype(dy.dtype, copy=False)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, inplace={self.inplace}"
+
+
+def set_dropout_keys(module: Module, sample_ids: Sequence[int] | np.ndarray, step: int,
+                     seed: int = 0) -> int:
+    """Key the next forward of every Dropout in `module` by sample: sample i of that forward's
+    batch (dim 0) draws from the stream (seed, layer position, step, sample_ids[i]). Returns the
+    number of Dropout layers keyed. `sample_ids` must be non-negative integers (global dataset
+    indices, say); keys are used once, by the next forward."""
+    ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)
+    if ids.size and ids.min() < 0:
+        raise ValueError("set_dropout_keys: sample ids must be >= 0")
+    if step < 0 or seed < 0:
+        raise ValueError(f"set_dropout_keys: step and seed must be >= 0, got {step} and {seed}")
+    n = 0
+    for m in module.modules():
+        if isinstance(m, Dropout):
+            m._keys = (int(seed), n, int(step), ids)
+            n += 1
+    return n
