@@ -4,24 +4,27 @@ Forward (training): statistics from `moments` (local, or summed over ranks by th
     y = (x - mean) * invstd * weight + bias.
 Backward, with N the (global) count, g = sum(dy), h = sum(dy * (x - mean)) (global sums):
     dx = weight * invstd * (dy - g/N - (x - mean) * h * invstd^2 / N)
-    dweight = h * invstd (local), dbias = sum(dy) (local).
+    dweight = h * invstd (local), dbias = g (local).
 
-Accuracy at large means: `x - mean` is formed as `(x - hi) - lo` where `hi` is the mean rounded to
-the input's dtype and `lo = mean - hi` (float64). `x - hi` is exact when x and hi are within a factor
-of two (Sterbenz), so float32 data with mean 1000 and std 0.01 normalizes to float32 rounding, where
-folding into `x * scale + shift` with a huge shift loses about 1e-3. The `lo` term joins the per-channel
-constant, so the elementwise pass is still one subtract, one multiply and one add.
+Accuracy at large means: folding y = x * scale + (bias - mean * scale) rounds x * scale, which is
+as large as mean/std, so float32 data with mean 1000 and std 0.01 would lose about 1e-3. Here the
+mean is split into hi (rounded to the working dtype) and lo = mean - hi: `x - hi` is exact when x and
+hi are within a factor of two (Sterbenz), and lo joins the per-channel constant. When |mean| is
+small against the spread (|hi * scale| <= FOLD_LIMIT) the fold is as exact, and one pass cheaper.
+
+All passes run over blocks of rows of M contiguous values that stay in cache (see `moments`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .moments import block_ranges
+from .moments import BLOCK_ELEMS, MIN_ROW, row_blocks, rows_view, work_dtype
 
-__all__ = ["as_acm", "compute_dtype", "normalize", "backward_reduce", "backward_elemt",
-           "eval_backward"]
+__all__ = ["as_acm", "normalize", "backward_reduce", "backward_elemt", "eval_backward"]
 
-_F16 = np.dtype(np.float16)
+#: fold (x - hi) * a + c into x * a + (c - hi * a) when |hi * a| is at most this (in units of the
+#: output's scale): the extra rounding is then below FOLD_LIMIT * eps of the working dtype
+FOLD_LIMIT = 4.0
 
 
 def as_acm(x: np.ndarray) -> np.ndarray:
@@ -33,42 +36,64 @@ def as_acm(x: np.ndarray) -> np.ndarray:
     return x.reshape(n, c, m)
 
 
-def compute_dtype(dtype: np.dtype) -> np.dtype:
-    """Elementwise passes run in float32 for float16 input (then cast), else in the input dtype."""
-    return np.dtype(np.float32) if np.dtype(dtype) == _F16 else np.dtype(dtype)
+def _split(mean: np.ndarray, wd: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    hi = mean.astype(wd)
+    return hi, mean - hi.astype(np.float64)
 
 
-def _elemt(out3: np.ndarray, x3: np.ndarray, hi: np.ndarray, a: np.ndarray, c: np.ndarray,
-           dy3: np.ndarray | None = None, k: np.ndarray | None = None) -> None:
-    """out = (x - hi) * a + c [+ dy * k], per channel constants, block by block in cache."""
+def _per_row(v: np.ndarray, A: int, wd: np.dtype) -> np.ndarray:
+    """Per-channel constants (C,) repeated for the A*C rows, as a (A*C, 1) column."""
+    return np.tile(v.astype(wd), A)[:, None]
+
+
+def _foldable(hi: np.ndarray, invstd: np.ndarray) -> bool:
+    """Folding costs FOLD_LIMIT*eps of the output's scale at most when |mean| <= FOLD_LIMIT * std
+    (for the input gradient too: |h/N| <= std * rms(dy) bounds the x term by the same ratio)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        return bool(np.all(np.abs(hi) * invstd <= FOLD_LIMIT))
+
+
+def _affine(out3: np.ndarray, x3: np.ndarray, hi: np.ndarray, a: np.ndarray, c: np.ndarray,
+            fold: bool, dy3: np.ndarray | None = None, k: np.ndarray | None = None) -> None:
+    """out = (x - hi) * a + c [+ dy * k] with per-channel float64 constants (C,); `fold` computes
+    x * a + (c - hi * a) instead (one pass less)."""
     A, C, M = x3.shape
-    wd = compute_dtype(x3.dtype)
-    hi = hi.astype(wd)[:, None]
-    a = a.astype(wd)[:, None]
-    c = c.astype(wd)[:, None]
-    if k is not None:
-        k = k.astype(wd)[:, None]
-    direct = out3.dtype == wd and x3.dtype == wd
-    tmp = None
-    for a0, a1, c0, c1, m0, m1 in block_ranges(A, C, M, 1 << 16):
-        sl = (slice(a0, a1), slice(c0, c1), slice(m0, m1))
-        xs = x3[sl]
-        o = out3[sl] if direct else np.empty(xs.shape, wd)
-        np.subtract(xs, hi[c0:c1], out=o, dtype=wd)
-        o *= a[c0:c1]
-        o += c[c0:c1]
+    if A * C * M == 0:
+        return
+    wd = work_dtype(x3.dtype)
+    if fold:
+        c = c - hi.astype(np.float64) * a
+    if M < MIN_ROW:  # short rows: whole-array broadcasting in float64-accurate constants
+        sh = (1, C, 1)
+        x = x3.astype(wd, copy=False)
+        o = (x - hi.astype(wd).reshape(sh)) if not fold else x
+        o = o * a.astype(wd).reshape(sh) + c.astype(wd).reshape(sh)
         if dy3 is not None:
+            o = o + dy3.astype(wd, copy=False) * k.astype(wd).reshape(sh)
+        out3[...] = o
+        return
+    rows, orows = rows_view(x3), rows_view(out3)
+    dyrows = rows_view(dy3) if dy3 is not None else None
+    H, Ar, Cr = _per_row(hi, A, wd), _per_row(a, A, wd), _per_row(c, A, wd)
+    Kr = _per_row(k, A, wd) if k is not None else None
+    direct = orows.dtype == wd
+    tmp = None
+    for r0, r1 in row_blocks(A * C, M):
+        xs = rows[r0:r1]
+        o = orows[r0:r1] if direct else np.empty(xs.shape, wd)
+        if fold:
+            np.multiply(xs, Ar[r0:r1], out=o, dtype=wd)
+        else:
+            np.subtract(xs, H[r0:r1], out=o, dtype=wd)
+            o *= Ar[r0:r1]
+        o += Cr[r0:r1]
+        if dyrows is not None:
             if tmp is None or tmp.shape != o.shape:
                 tmp = np.empty(o.shape, wd)
-            np.multiply(dy3[sl], k[c0:c1], out=tmp, dtype=wd)
+            np.multiply(dyrows[r0:r1], Kr[r0:r1], out=tmp, dtype=wd)
             o += tmp
         if not direct:
-            out3[sl] = o
-
-
-def _split(mean: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
-    hi = mean.astype(compute_dtype(dtype))
-    return hi, mean - hi.astype(np.float64)
+            orows[r0:r1] = o
 
 
 def normalize(x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray, weight: np.ndarray | None,
@@ -77,28 +102,41 @@ def normalize(x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray, weight: np.n
     if out3 is None:
         out3 = np.empty(x3.shape, x3.dtype)
     scale = invstd if weight is None else invstd * weight
-    hi, lo = _split(mean, x3.dtype)
+    hi, lo = _split(mean, work_dtype(x3.dtype))
     shift = -lo * scale
     if bias is not None:
         shift = shift + bias
-    _elemt(out3, x3, hi, scale, shift)
+    hi = hi.astype(np.float64)
+    _affine(out3, x3, hi, scale, shift, _foldable(hi, invstd))
     return out3
 
 
 def backward_reduce(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(sum(dy), sum(dy * (x - mean))) per channel, float64 (C,)."""
     A, C, M = x3.shape
-    g = np.zeros(C)
-    h = np.zeros(C)
-    if A * M == 0:
-        return g, h
-    for a0, a1, c0, c1, m0, m1 in block_ranges(A, C, M):
-        sl = (slice(a0, a1), slice(c0, c1), slice(m0, m1))
-        d = dy3[sl].astype(np.float64)
-        xc = x3[sl].astype(np.float64)
-        xc -= mean[c0:c1, None]
-        g[c0:c1] += d.sum(axis=(0, 2))
-        h[c0:c1] += np.einsum("acm,acm->c", d, xc)
+    if A * M == 0 or C == 0:
+        return np.zeros(C), np.zeros(C)
+    wd = work_dtype(x3.dtype)
+    hi, lo = _split(mean, wd)
+    if M < MIN_ROW:
+        d = dy3.astype(np.float64)
+        xc = x3.astype(np.float64) - mean[None, :, None]
+        return d.sum(axis=(0, 2)), np.einsum("acm,acm->c", d, xc)
+    rows, dyrows = rows_view(x3), rows_view(dy3)
+    H = _per_row(hi, A, wd)
+    g = np.empty(A * C)
+    e = np.empty(A * C)
+    tmp = np.empty((max(1, BLOCK_ELEMS // M), M), wd)
+    for r0, r1 in row_blocks(A * C, M):
+        t = tmp[:r1 - r0]
+        np.subtract(rows[r0:r1], H[r0:r1], out=t, dtype=wd)
+        d = dyrows[r0:r1]
+        g[r0:r1] = np.add.reduce(d, axis=1, dtype=wd)
+        if d.dtype != wd:
+            d = d.astype(wd)
+        e[r0:r1] = np.einsum("ij,ij->i", d, t)
+    g = g.reshape(A, C).sum(axis=0)
+    h = e.reshape(A, C).sum(axis=0) - lo * g  # x - mean = (x - hi) - lo
     return g, h
 
 
@@ -110,14 +148,15 @@ def backward_elemt(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
         out3 = np.empty(x3.shape, x3.dtype)
     k = invstd if weight is None else invstd * weight
     e = sum_dy_xmu * invstd * invstd / count
-    hi, lo = _split(mean, x3.dtype)
+    hi, lo = _split(mean, work_dtype(x3.dtype))
     # dx = k*dy - k*e*(x - hi) + (k*e*lo - k*sum_dy/count)
-    _elemt(out3, x3, hi, -k * e, k * e * lo - k * sum_dy / count, dy3=dy3, k=k)
+    hi = hi.astype(np.float64)
+    _affine(out3, x3, hi, -k * e, k * e * lo - k * sum_dy / count, _foldable(hi, invstd), dy3, k)
     return out3
 
 
 def eval_backward(dy3: np.ndarray, invstd: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
     """Input gradient when the statistics are constants (eval with running stats): dy * w * invstd."""
     k = invstd if weight is None else invstd * weight
-    wd = compute_dtype(dy3.dtype)
+    wd = work_dtype(dy3.dtype)
     return (dy3 * k.astype(wd)[:, None]).astype(dy3.dtype, copy=False)
