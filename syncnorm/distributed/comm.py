@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from . import failsafe
+
 __all__ = ["mpi", "allreduce_sum", "broadcast", "allgather", "split", "create_group",
            "split_shared", "abort", "CollectiveTimeoutError", "default_timeout"]
 
@@ -40,17 +42,30 @@ def default_timeout() -> float | None:
     return t if t > 0 else None
 
 
-def _wait(req: Any, timeout: float, what: str) -> None:
+def _wait(req: Any, timeout: float, what: str, comm: Any = None) -> None:
     deadline = time.monotonic() + timeout
     pause = 0.0
     while not req.Test():
         if time.monotonic() > deadline:
-            raise CollectiveTimeoutError(
+            err = CollectiveTimeoutError(
                 f"{what} did not complete within {timeout:g} s: a rank of the group is dead, "
                 "unreachable, or not making the same call (ranks out of step). Aborting is the only "
                 "safe way on from here.")
+            # say so now and make sure this process ends (MPI's own abort can hang on a dead link)
+            failsafe.report_fatal(f"CollectiveTimeoutError: {err}", _where(comm))
+            raise err
         time.sleep(pause)
         pause = min(1e-3, pause + 2e-5)
+
+
+def _where(comm: Any) -> str:
+    """'rank R of the world on HOST' for error lines (no communication)."""
+    import socket
+    try:
+        rank = mpi().COMM_WORLD.Get_rank()
+    except Exception:  # noqa: BLE001 - only for a message
+        rank = comm.Get_rank() if comm is not None else "?"
+    return f"world rank {rank} on {socket.gethostname()}"
 
 
 def allreduce_sum(buf: np.ndarray, comm: Any, timeout: float | None = None,
@@ -62,7 +77,7 @@ def allreduce_sum(buf: np.ndarray, comm: Any, timeout: float | None = None,
     if timeout is None:
         comm.Allreduce(MPI.IN_PLACE, buf, op=mop)
     else:
-        _wait(comm.Iallreduce(MPI.IN_PLACE, buf, op=mop), timeout, what)
+        _wait(comm.Iallreduce(MPI.IN_PLACE, buf, op=mop), timeout, what, comm)
     return buf
 
 
@@ -72,7 +87,7 @@ def broadcast(buf: np.ndarray, comm: Any, root: int = 0, timeout: float | None =
     if timeout is None:
         comm.Bcast(buf, root=root)
     else:
-        _wait(comm.Ibcast(buf, root=root), timeout, what)
+        _wait(comm.Ibcast(buf, root=root), timeout, what, comm)
     return buf
 
 

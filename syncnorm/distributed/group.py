@@ -11,7 +11,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import comm as C
-from .env import check_world, wants_mpi
+from .env import check_launcher_family, check_world, wants_mpi
 
 __all__ = ["ProcessGroup", "get_world_group", "get_rank", "get_world_size", "new_group",
            "new_subgroups", "new_subgroups_by_enumeration", "split_by_node", "as_group"]
@@ -44,6 +44,7 @@ def get_world_group() -> ProcessGroup:
     global _WORLD
     if _WORLD is None:
         if wants_mpi():
+            check_launcher_family()
             w = C.mpi().COMM_WORLD
             check_world(w.Get_size())
             _WORLD = ProcessGroup(w, range(w.Get_size()), w.Get_rank(), "world")
