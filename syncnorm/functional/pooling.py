@@ -63,17 +63,30 @@ def _sizes(x: np.ndarray, k, s, p, d, ceil_mode, who) -> tuple[int, int]:
     return ho, wo
 
 
+def _offset_slices(i: int, j: int, ho: int, wo: int, s: tuple[int, int],
+                   d: tuple[int, int]) -> tuple[slice, slice, slice, slice]:
+    hs, ws = i * d[0], j * d[1]
+    return (slice(None), slice(None), slice(hs, hs + s[0] * (ho - 1) + 1, s[0]),
+            slice(ws, ws + s[1] * (wo - 1) + 1, s[1]))
+
+
 def max_pool2d_forward(x: np.ndarray, k: tuple[int, int], s: tuple[int, int], p: tuple[int, int],
                        d: tuple[int, int], ceil_mode: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(y (N, C, Ho, Wo), arg (N, C, Ho, Wo) int64: the window offset i*kw+j of the maximum).
+    """(y (N, C, Ho, Wo), arg (N, C, Ho, Wo) uint16/int64: the window offset i*kw+j of the maximum).
 
-    Ties go to the first maximum in row-major window order and a NaN wins, as in torch."""
+    torch's rule, offset by offset in row-major window order: a value replaces the running maximum
+    when it is larger or NaN, so ties go to the first maximum and NaN propagates."""
     ho, wo = _sizes(x, k, s, p, d, ceil_mode, "MaxPool2d")
     xp = _padded(x, ho, wo, k, s, p, d, -np.inf)
-    win = _win(xp, ho, wo, k, s, d).reshape(x.shape[0], x.shape[1], ho, wo, k[0] * k[1])
-    arg = np.argmax(win, axis=-1)
-    y = np.take_along_axis(win, arg[..., None], axis=-1)[..., 0]
-    return np.ascontiguousarray(y), arg
+    y = np.full((x.shape[0], x.shape[1], ho, wo), -np.inf, x.dtype)
+    arg = np.zeros(y.shape, np.uint16 if k[0] * k[1] < 2 ** 16 else np.int64)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            v = xp[_offset_slices(i, j, ho, wo, s, d)]
+            upd = (v > y) | np.isnan(v)
+            np.copyto(y, v, where=upd)
+            np.copyto(arg, i * k[1] + j, where=upd, casting="unsafe")
+    return y, arg
 
 
 def max_pool2d_backward(dy: np.ndarray, arg: np.ndarray, x_shape: tuple[int, int, int, int],
@@ -85,11 +98,12 @@ def max_pool2d_backward(dy: np.ndarray, arg: np.ndarray, x_shape: tuple[int, int
     hp = max(h + p[0], (ho - 1) * s[0] + d[0] * (k[0] - 1) + 1)
     wp = max(w + p[1], (wo - 1) * s[1] + d[1] * (k[1] - 1) + 1)
     dxp = np.zeros((n, c, hp, wp), dy.dtype)
+    zero = dy.dtype.type(0)
     for i in range(k[0]):
         for j in range(k[1]):
-            hs, ws = i * d[0], j * d[1]
-            dxp[:, :, hs:hs + s[0] * (ho - 1) + 1:s[0], ws:ws + s[1] * (wo - 1) + 1:s[1]] += \
-                np.where(arg == i * k[1] + j, dy, 0)
+            dxp[_offset_slices(i, j, ho, wo, s, d)] += np.where(arg == i * k[1] + j, dy, zero)
+    if p == (0, 0) and (hp, wp) == (h, w):
+        return dxp
     return np.ascontiguousarray(dxp[:, :, p[0]:p[0] + h, p[1]:p[1] + w])
 
 
