@@ -250,8 +250,16 @@ class Module:
         out._metadata = out_meta  # type: ignore[attr-defined]
         return out
 
-    def _upgrade_state(self, state: dict[str, np.ndarray], prefix: str, version: int | None) -> None:
-        """Hook: fill in or rename `state` entries saved by an older version of this module."""
+    def _upgrade_state(self, state: dict[str, np.ndarray], prefix: str,
+                       version: int | None) -> Callable[[], None] | None:
+        """Hook: fill in or rename `state` entries saved by an older version of this module.
+
+        A hook that must change the module itself before its entries can be matched (a lazy module
+        materializing its parameters with the checkpoint's shapes) returns a callable that undoes
+        the change; `load_state_dict` calls it when it refuses the state dict, so that a refused
+        load leaves the module as it was.
+        """
+        return None
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy arrays from `state_dict` into this module tree: all of them, or none.
@@ -264,9 +272,12 @@ class Module:
         state = dict(state_dict)
         meta = getattr(state_dict, "_metadata", None) or {}
         targets: dict[str, tuple[Module, str, str]] = {}
+        undo: list[Callable[[], None]] = []
         for mprefix, m in self.named_modules():
             key = f"{mprefix}." if mprefix else ""
-            m._upgrade_state(state, key, meta.get(mprefix) if meta else None)
+            u = m._upgrade_state(state, key, meta.get(mprefix) if meta else None)
+            if u is not None:
+                undo.append(u)
             for name, p in m._parameters.items():
                 if p is not None:
                     targets[key + name] = (m, name, "param")
@@ -295,6 +306,8 @@ class Module:
                 errors.insert(0, "Missing key(s) in state_dict: "
                               + ", ".join(f'"{k}"' for k in missing) + ".")
         if errors:
+            for u in reversed(undo):
+                u()
             raise StateDictError(
                 f"Error(s) in loading state_dict for {type(self).__name__} (nothing was loaded):\n\t"
                 + "\n\t".join(errors))
