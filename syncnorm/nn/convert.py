@@ -13,13 +13,15 @@ from collections import OrderedDict
 from typing import Any
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
+from .lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, LazySyncBatchNorm, _LazyNormMixin
 from .module import Module
 from .sync_batchnorm import SyncBatchNorm
 
 __all__ = ["convert_sync_batchnorm", "revert_sync_batchnorm", "KNOWN_BATCHNORMS"]
 
-#: classes the converter knows completely (lazy classes are added by syncnorm.nn.lazy)
-KNOWN_BATCHNORMS: set[type] = {BatchNorm1d, BatchNorm2d, BatchNorm3d}
+#: classes the converter knows completely
+KNOWN_BATCHNORMS: set[type] = {BatchNorm1d, BatchNorm2d, BatchNorm3d,
+                               LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d}
 
 _SAVED = "_sync_saved_attrs"
 
@@ -53,7 +55,8 @@ def _to_sync(m: _BatchNorm, process_group: Any) -> SyncBatchNorm:
             f"converter does not know; in the SyncBatchNorm that replaces it its own methods "
             f"({', '.join(_overridden(cls)) or 'none'}) will not run. revert_sync_batchnorm restores "
             "the original class.", UserWarning, stacklevel=3)
-    sync = _move_state(m, SyncBatchNorm)
+    # an uninitialized lazy BatchNorm stays lazy: it materializes on its first forward
+    sync = _move_state(m, LazySyncBatchNorm if isinstance(m, _LazyNormMixin) else SyncBatchNorm)
     saved = {k: sync.__dict__[k] for k in SyncBatchNorm._SYNC_ATTRS if k in sync.__dict__}
     sync._sync_init(process_group, cls, None)
     object.__setattr__(sync, _SAVED, saved)

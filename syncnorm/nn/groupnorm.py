@@ -1,0 +1,128 @@
+"""GroupNorm with torch.nn's constructor, state_dict keys and semantics.
+
+The C channels of each sample are split into `num_groups` groups of C/G consecutive channels; each
+(sample, group) is normalized with its own mean and biased variance over its channels and
+positions, then scaled and shifted per channel. Input (N, C, *), any rank >= 2; training and eval
+behave alike (no running statistics).
+
+With `affine=False`, torch silently accepts an input whose channel count differs from
+`num_channels` (when the groups still divide it); syncnorm accepts it too but warns, as torch's
+InstanceNorm does.
+"""
+from __future__ import annotations
+
+import numbers
+import warnings
+from typing import Any
+
+import numpy as np
+
+from ..functional.norms import channel_backward, channel_forward, row_stats
+from .batchnorm import FLOAT_DTYPES, check_float_input
+from .module import Module, Parameter
+
+__all__ = ["GroupNorm"]
+
+
+class GroupNorm(Module):
+    """GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
+    bias=True): weight (C,) ones and bias (C,) zeros when affine."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 device: Any = None, dtype: Any = None, *, bias: bool = True) -> None:
+        super().__init__()
+        if device not in (None, "cpu"):
+            raise ValueError(f"syncnorm runs on the CPU; got device={device!r}")
+        for label, v in (("num_groups", num_groups), ("num_channels", num_channels)):
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool):
+                raise TypeError(f"{label} must be an int, got {type(v).__name__}")
+        if num_groups <= 0:
+            raise ValueError(f"num_groups must be positive, got {num_groups}")
+        if num_channels % num_groups != 0:
+            raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups "
+                             f"({num_groups})")
+        if float(eps) < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        dt = np.dtype(np.float32 if dtype is None else dtype)
+        if dt not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float16, float32 or float64, got {dt}")
+        self.num_groups = int(num_groups)
+        self.num_channels = int(num_channels)
+        self.eps = float(eps)
+        self.affine = bool(affine)
+        if self.affine:
+            self.weight = Parameter(np.ones(self.num_channels, dt))
+            if bias:
+                self.bias = Parameter(np.zeros(self.num_channels, dt))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self._cache: tuple | None = None
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight.data[...] = 1
+        if self.bias is not None:
+            self.bias.data[...] = 0
+
+    def extra_repr(self) -> str:
+        return ("{num_groups}, {num_channels}, eps={eps}, affine={affine}, bias={b}"
+                .format(**self.__dict__, b=self.bias is not None))
+
+    def _check_channels(self, x: np.ndarray) -> None:
+        C, G = x.shape[1], self.num_groups
+        if C == self.num_channels:
+            return
+        if self.affine:
+            raise ValueError(f"GroupNorm: expected input with {self.num_channels} channels (the size "
+                             f"of weight), got input of shape {tuple(x.shape)}")
+        if C % G != 0:
+            raise ValueError(f"GroupNorm: expected the number of channels in the input to be "
+                             f"divisible by num_groups={G}, got input of shape {tuple(x.shape)}")
+        warnings.warn(f"GroupNorm: input has {C} channels but num_channels={self.num_channels}; "
+                      "normalizing its groups anyway because affine=False", UserWarning,
+                      stacklevel=3)
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, C, *) float16/32/64 -> y of the same shape and dtype."""
+        x = check_float_input(x, "GroupNorm")
+        if x.ndim < 2:
+            raise ValueError(f"GroupNorm: expected input of at least 2 dimensions (N, C, *), got "
+                             f"{x.ndim}D input of shape {tuple(x.shape)}")
+        self._check_channels(x)
+        N, C = x.shape[:2]
+        G = self.num_groups
+        S = int(np.prod(x.shape[2:], dtype=np.int64))
+        x3 = np.ascontiguousarray(x).reshape(N, C, S)
+        if N * C * S > 0:
+            mean, var = row_stats(x3.reshape(1, N * G, (C // G) * S))
+        else:
+            mean = var = np.zeros(N * G)
+        invstd = 1.0 / np.sqrt(var + self.eps)
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
+        y3 = channel_forward(x3, G, mean, invstd, w, b)
+        self._cache = (x.shape, x.dtype, x3, mean, invstd)
+        return y3.reshape(x.shape)
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output (N, C, *) -> grad_input; adds into weight/bias .grad."""
+        if self._cache is None:
+            raise RuntimeError("GroupNorm.backward() called without a forward() before it (or twice "
+                               "for one forward)")
+        shape, dtype, x3, mean, invstd = self._cache
+        dy = check_float_input(grad_output, "GroupNorm.backward")
+        if dy.shape != tuple(shape):
+            raise ValueError(f"GroupNorm.backward: expected grad_output of shape {tuple(shape)} (the "
+                             f"forward input's), got {tuple(dy.shape)}")
+        self._cache = None
+        dy3 = np.ascontiguousarray(dy, dtype=dtype).reshape(x3.shape)
+        w = None if self.weight is None else self.weight.data
+        dx3, dw, db = channel_backward(dy3, x3, self.num_groups, mean, invstd, w)
+        if self.weight is not None:
+            self.weight.accumulate_grad(dw)
+        if self.bias is not None:
+            self.bias.accumulate_grad(db)
+        return dx3.reshape(shape)

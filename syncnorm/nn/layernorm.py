@@ -1,0 +1,118 @@
+"""LayerNorm with torch.nn's constructor, state_dict keys and semantics.
+
+Normalizes over the trailing `normalized_shape` dimensions of the input (*B, *normalized_shape):
+each of the prod(B) rows gets its own mean and biased variance; then an elementwise affine with
+weight and bias of shape `normalized_shape`. Training and eval behave alike.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..functional.norms import element_backward, element_forward, row_stats
+from .batchnorm import FLOAT_DTYPES, check_float_input
+from .module import Module, Parameter
+
+__all__ = ["LayerNorm"]
+
+
+def _as_shape(normalized_shape: int | Sequence[int]) -> tuple[int, ...]:
+    if isinstance(normalized_shape, numbers.Integral) and not isinstance(normalized_shape, bool):
+        return (int(normalized_shape),)
+    try:
+        shape = tuple(normalized_shape)
+    except TypeError:
+        raise TypeError("normalized_shape must be an int or a sequence of ints, got "
+                        f"{type(normalized_shape).__name__}") from None
+    for s in shape:
+        if not isinstance(s, numbers.Integral) or isinstance(s, bool) or s < 0:
+            raise TypeError(f"normalized_shape must hold non-negative ints, got {normalized_shape!r}")
+    return tuple(int(s) for s in shape)
+
+
+class LayerNorm(Module):
+    """LayerNorm(normalized_shape, eps=1e-5, elementwise_affine=True, bias=True, device=None,
+    dtype=None): weight ones and bias zeros of shape `normalized_shape` when elementwise_affine."""
+
+    def __init__(self, normalized_shape: int | Sequence[int], eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True, device: Any = None,
+                 dtype: Any = None) -> None:
+        super().__init__()
+        if device not in (None, "cpu"):
+            raise ValueError(f"syncnorm runs on the CPU; got device={device!r}")
+        if float(eps) < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        dt = np.dtype(np.float32 if dtype is None else dtype)
+        if dt not in FLOAT_DTYPES:
+            raise TypeError(f"dtype must be float16, float32 or float64, got {dt}")
+        self.normalized_shape = _as_shape(normalized_shape)
+        self.eps = float(eps)
+        self.elementwise_affine = bool(elementwise_affine)
+        if self.elementwise_affine:
+            self.weight = Parameter(np.ones(self.normalized_shape, dt))
+            if bias:
+                self.bias = Parameter(np.zeros(self.normalized_shape, dt))
+            else:
+                self.register_parameter("bias", None)
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        self._cache: tuple | None = None
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            self.weight.data[...] = 1
+        if self.bias is not None:
+            self.bias.data[...] = 0
+
+    def extra_repr(self) -> str:
+        return ("{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, bias={b}"
+                .format(**self.__dict__, b=self.bias is not None))
+
+    def _check_shape(self, x: np.ndarray) -> None:
+        k = len(self.normalized_shape)
+        if x.ndim < k or tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
+            want = ", ".join(["*"] + [str(s) for s in self.normalized_shape])
+            raise ValueError(f"LayerNorm: given normalized_shape={list(self.normalized_shape)}, "
+                             f"expected input with shape [{want}], but got input of shape "
+                             f"{list(x.shape)}")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (*B, *normalized_shape) float16/32/64 -> y of the same shape and dtype."""
+        x = check_float_input(x, "LayerNorm")
+        self._check_shape(x)
+        D = int(np.prod(self.normalized_shape, dtype=np.int64))
+        R = int(np.prod(x.shape[:x.ndim - len(self.normalized_shape)], dtype=np.int64))
+        x2 = np.ascontiguousarray(x).reshape(R, D)
+        if R * D > 0:
+            mean, var = row_stats(x2[None])
+        else:
+            mean = var = np.zeros(R)
+        invstd = 1.0 / np.sqrt(var + self.eps)
+        w = None if self.weight is None else self.weight.data.reshape(D)
+        b = None if self.bias is None else self.bias.data.reshape(D)
+        y2 = element_forward(x2, mean, invstd, w, b)
+        self._cache = (x.shape, x.dtype, x2, mean, invstd)
+        return y2.reshape(x.shape)
+
+    def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output (shape of the forward input) -> grad_input; adds into weight/bias .grad."""
+        if self._cache is None:
+            raise RuntimeError("LayerNorm.backward() called without a forward() before it (or twice "
+                               "for one forward)")
+        shape, dtype, x2, mean, invstd = self._cache
+        dy = check_float_input(grad_output, "LayerNorm.backward")
+        if dy.shape != tuple(shape):
+            raise ValueError(f"LayerNorm.backward: expected grad_output of shape {tuple(shape)} (the "
+                             f"forward input's), got {tuple(dy.shape)}")
+        self._cache = None
+        dy2 = np.ascontiguousarray(dy, dtype=dtype).reshape(x2.shape)
+        w = None if self.weight is None else self.weight.data.reshape(-1)
+        dx2, dw, db = element_backward(dy2, x2, mean, invstd, w)
+        if self.weight is not None:
+            self.weight.accumulate_grad(dw)
+        if self.bias is not None:
+            self.bias.accumulate_grad(db)
+        return dx2.reshape(shape)
