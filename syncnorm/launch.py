@@ -363,8 +363,9 @@ def run(line: list[str], env: dict[str, str], timeout: float | None = None, *,
 
 
 def kill_session(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL, every process of `proc`'s session (ranks live in their own process
-    groups under Open MPI's prterun, so killing the launcher's group is not enough)."""
+    """SIGTERM, then (2 s later, for what is left) SIGKILL, every process of `proc`'s session
+    (ranks live in their own process groups under Open MPI's prterun, so killing the launcher's
+    group is not enough). Returns once the launcher is reaped."""
     sid = proc.pid
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _session_pids(sid):
@@ -372,16 +373,18 @@ def kill_session(proc: subprocess.Popen) -> None:
                 os.kill(pid, sig)
             except ProcessLookupError:
                 pass
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            pass
-        if sig == signal.SIGTERM:
-            deadline = time.monotonic() + 2
-            while time.monotonic() < deadline and _session_pids(sid):
-                time.sleep(0.05)
+        deadline = time.monotonic() + (2 if sig == signal.SIGTERM else 10)
+        while time.monotonic() < deadline:
+            proc.poll()
             if not _session_pids(sid):
-                return
+                break
+            time.sleep(0.05)
+        if not _session_pids(sid):
+            break
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
 
 
 def _session_pids(sid: int) -> list[int]:

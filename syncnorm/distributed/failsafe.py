@@ -8,19 +8,26 @@ timeout path does two things before `CollectiveTimeoutError` is raised:
 1. it prints one line to stderr starting with `FATAL_MARKER` (flushed), which `syncnorm-launch`
    watches for: the launcher then gives the MPI `--abort-grace` seconds to end the job and kills it
    when it does not (Open MPI's prterun waits for ever for a daemon behind a dead link);
-2. it arms a process watchdog (`faulthandler.dump_traceback_later(..., exit=True)`, a C thread that
-   needs no GIL): if the process is still alive SYNCNORM_ABORT_GRACE seconds later (default 10), it
-   prints where every thread is stuck and ends the process with exit code 1.
+2. it arms two watchdogs: `faulthandler.dump_traceback_later(grace, exit=True)` (a C thread that
+   needs no GIL: if the process is still running Python code `grace` seconds later, it prints where
+   every thread is and ends the process with exit code 1) and `alarm(2)` one second after that,
+   with SIGALRM at its default action, which ends the process even while it is stuck inside
+   MPI_Finalize at interpreter exit (Python cancels the faulthandler timer when it finalizes).
+   grace = SYNCNORM_ABORT_GRACE seconds, default 10.
 
 The exception itself is raised as usual, so callers can still log or write a local checkpoint within
-the grace period. SYNCNORM_ABORT_GRACE=off disables the watchdog (the caller ends the process
-itself). The watchdog replaces any `faulthandler.dump_traceback_later` timer the program had armed.
+the grace period. SYNCNORM_ABORT_GRACE=off disables the watchdogs (the caller ends the process
+itself). They replace any `faulthandler.dump_traceback_later` timer or `alarm` the program had set,
+and SIGALRM's handler when called from the main thread.
 """
 from __future__ import annotations
 
 import faulthandler
+import math
 import os
+import signal
 import sys
+import threading
 
 __all__ = ["FATAL_MARKER", "abort_grace", "report_fatal"]
 
@@ -48,7 +55,7 @@ def abort_grace() -> float | None:
 def report_fatal(message: str, where: str = "") -> None:
     """Print the marker line on stderr now and arm the exit watchdog (see the module docstring)."""
     grace = abort_grace()
-    tail = (f"; this process ends in {grace:g} s if it is still alive (SYNCNORM_ABORT_GRACE)"
+    tail = (f" [this process ends in {grace:g} s if it is still alive: SYNCNORM_ABORT_GRACE]"
             if grace is not None else "")
     prefix = f"{FATAL_MARKER} {where}: " if where else f"{FATAL_MARKER} "
     try:
@@ -57,7 +64,15 @@ def report_fatal(message: str, where: str = "") -> None:
     except (OSError, ValueError):
         pass
     if grace is not None:
-        try:
-            faulthandler.dump_traceback_later(grace, exit=True, file=sys.__stderr__)
-        except (OSError, ValueError, RuntimeError):  # no usable stderr: still end the process
-            faulthandler.dump_traceback_later(grace, exit=True, file=open(os.devnull, "w"))
+        _arm(grace)
+
+
+def _arm(grace: float) -> None:
+    try:
+        faulthandler.dump_traceback_later(grace, exit=True, file=sys.__stderr__)
+    except (OSError, ValueError, RuntimeError, AttributeError):  # no usable stderr
+        pass
+    if hasattr(signal, "alarm"):
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.alarm(int(math.ceil(grace)) + 1)
