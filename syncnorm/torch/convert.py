@@ -1,0 +1,206 @@
+"""`convert_sync_batchnorm` and its exact inverse `revert_sync_batchnorm` for torch modules.
+
+torch.nn.SyncBatchNorm.convert_sync_batchnorm builds a fresh layer and copies a list of
+attributes: hooks, extra attributes and subclass behaviour are lost without a word (timm's
+BatchNormAct2d loses its activation, pytorch issue 187298), an uninitialized LazyBatchNorm becomes
+a SyncBatchNorm with 0 features, and there is no way back (pytorch issue 41081).
+
+Here the converted module takes over the original's whole `__dict__` (the dict object itself, not a
+copy): the same Parameter objects, buffers, `training`, `qconfig`, hooks (with their handles),
+submodules and every extra attribute. Hooks bound to the old object are re-bound to the new one. The
+original class is recorded, and `revert_sync_batchnorm` moves the state back into an instance of
+exactly that class. An old module object that is still referenced elsewhere shares the state with
+its replacement (as torch's converter shares parameters and buffers), but runs unsynchronized: use
+the returned module.
+
+Lazy modules: an uninitialized torch LazyBatchNorm1d/2d/3d becomes a `LazySyncBatchNorm`, which
+infers num_features and materializes its parameters on the first forward (torch's lazy protocol)
+and then becomes a SyncBatchNorm; revert gives back the lazy class while still uninitialized, and
+the class the lazy module would have become (BatchNorm2d for LazyBatchNorm2d) afterwards.
+"""
+from __future__ import annotations
+
+import types
+import warnings
+import weakref
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm, _LazyNormBase
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from .sync_batchnorm import LazySyncBatchNorm, SyncBatchNorm, check_process_group
+
+try:
+    from torch.nn.modules.module import _WrappedHook
+except ImportError:  # pragma: no cover - older torch
+    _WrappedHook = None
+
+__all__ = ["convert_sync_batchnorm", "revert_sync_batchnorm", "KNOWN_BATCHNORMS"]
+
+#: classes whose behaviour SyncBatchNorm reproduces completely (their own input-dimension check
+#: is kept); any other _BatchNorm subclass converts with a warning
+KNOWN_BATCHNORMS: set[type] = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+                               nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d}
+
+_SAVED = "_sync_saved_attrs"
+
+
+# ---------------------------------------------------------------------------------------- moving
+def _rebound(hook: Any, old: nn.Module, new: nn.Module) -> Any:
+    if isinstance(hook, types.MethodType) and hook.__self__ is old:
+        return types.MethodType(hook.__func__, new)
+    if _WrappedHook is not None and isinstance(hook, _WrappedHook):
+        if getattr(hook, "with_module", False) and hook.module() is old:
+            hook.module = weakref.ref(new)
+        hook.hook = _rebound(hook.hook, old, new)
+    return hook
+
+
+def _move(src: nn.Module, cls: type) -> nn.Module:
+    """A `cls` instance that owns `src`'s __dict__ (the same dict object); hooks bound to `src`
+    are re-bound to it."""
+    dst = cls.__new__(cls)
+    d = src.__dict__
+    object.__setattr__(dst, "__dict__", d)
+    for key, store in d.items():
+        if key.startswith("_") and "hooks" in key and isinstance(store, dict):
+            for hid, hook in list(store.items()):
+                store[hid] = _rebound(hook, src, dst)
+    return dst
+
+
+def _known_base(cls: type) -> type:
+    return next(b for b in cls.__mro__ if b in KNOWN_BATCHNORMS or b is _BatchNorm)
+
+
+def _overridden(cls: type) -> list[str]:
+    """Methods that `cls` defines between itself and the class the converter knows."""
+    base = _known_base(cls)
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is base:
+            break
+        for n, v in vars(klass).items():
+            if n in ("forward", "__call__", "_call_impl") or (
+                    not n.startswith("__") and (callable(v) or isinstance(v, property))):
+                names.add(n)
+    return sorted(names)
+
+
+def _warn_unknown(found: dict[type, tuple[list[str], set[str]]]) -> None:
+    """One UserWarning per unknown class, naming what will not run and where the modules are."""
+    for cls, (where, children) in found.items():
+        methods = ", ".join(_overridden(cls)) or "none"
+        sub = f", nor will its submodules ({', '.join(sorted(children))})" if children else ""
+        warnings.warn(
+            f"convert_sync_batchnorm: {cls.__module__}.{cls.__qualname__} (at {', '.join(where)}) is a "
+            f"BatchNorm subclass the converter does not know; in the syncnorm SyncBatchNorm that "
+            f"replaces it its own methods ({methods}) will not run{sub}. "
+            "revert_sync_batchnorm restores the original class.", UserWarning, stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------- convert
+def _to_sync(m: _BatchNorm, process_group: Any) -> SyncBatchNorm:
+    cls = type(m)
+    lazy = isinstance(m, LazyModuleMixin) and isinstance(m, _LazyNormBase)
+    sync = _move(m, LazySyncBatchNorm if lazy else SyncBatchNorm)
+    d = sync.__dict__
+    d[_SAVED] = {k: d[k] for k in SyncBatchNorm._SYNC_ATTRS if k in d}
+    sync._sync_init(process_group, cls, None)
+    return sync  # type: ignore[return-value]
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
+    """Replace every torch BatchNorm (any `_BatchNorm`: BatchNorm1d/2d/3d, their lazy forms,
+    torch.nn.SyncBatchNorm, subclasses) in the tree by a syncnorm `SyncBatchNorm` over
+    `process_group` (a syncnorm ProcessGroup, an mpi4py communicator, or None = the MPI world).
+
+    Returns the converted module (a new object when `module` itself is a BatchNorm). Layers are
+    numbered in traversal order, which must be the same on every rank (it is when every rank builds
+    the same model). Subclasses the converter does not know raise a UserWarning naming the methods
+    (and so the behaviour, e.g. an activation) that the SyncBatchNorm will not run. A module object
+    that appears several times in the tree is converted once.
+    """
+    check_process_group(process_group)
+    unknown: dict[type, tuple[list[str], set[str]]] = {}
+    out = _convert(module, process_group, {}, "", unknown)
+    _warn_unknown(unknown)
+    return out
+
+
+def _convert(module: nn.Module, process_group: Any, memo: dict[int, nn.Module], path: str,
+             unknown: dict[type, tuple[list[str], set[str]]]) -> nn.Module:
+    if id(module) in memo:
+        return memo[id(module)]
+    out = module
+    if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
+        if type(module) not in KNOWN_BATCHNORMS:
+            where, children = unknown.setdefault(type(module), ([], set()))
+            where.append(path or "the top module")
+            children.update(n for n, c in module._modules.items() if c is not None)
+        out = _to_sync(module, process_group)
+    memo[id(module)] = out
+    for name, child in list(out._modules.items()):
+        if child is not None:
+            new = _convert(child, process_group, memo, f"{path}.{name}" if path else name, unknown)
+            if new is not child:
+                out._modules[name] = new
+    return out
+
+
+# ---------------------------------------------------------------------------------------- revert
+class _BatchNormXd(_BatchNorm):
+    """Local BatchNorm for any input of rank >= 2 (what a directly built SyncBatchNorm reverts to)."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+
+class _LazyBatchNormXd(_LazyNormBase, _BatchNormXd):
+    """Lazy form of `_BatchNormXd` (what a directly built, uninitialized LazySyncBatchNorm reverts to)."""
+
+    cls_to_become = _BatchNormXd
+
+
+def _local_class(m: SyncBatchNorm) -> type:
+    original = m.__dict__.get("_original_class")
+    still_lazy = isinstance(m, LazySyncBatchNorm)
+    if original is None:
+        return _LazyBatchNormXd if still_lazy else _BatchNormXd
+    if issubclass(original, LazyModuleMixin) and not still_lazy:
+        return getattr(original, "cls_to_become", None) or original  # what it would have become
+    return original
+
+
+def revert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Undo `convert_sync_batchnorm` exactly: every syncnorm SyncBatchNorm becomes its recorded
+    class again, owning the same state (Parameters, buffers, hooks, attributes).
+
+    A SyncBatchNorm built directly (not converted) becomes a local BatchNorm that accepts any
+    input of rank >= 2. A converted lazy BatchNorm that has materialized since becomes the class
+    torch's lazy module would have become (LazyBatchNorm2d -> BatchNorm2d).
+    """
+    return _revert(module, {})
+
+
+def _revert(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
+    if id(module) in memo:
+        return memo[id(module)]
+    out = module
+    if isinstance(module, SyncBatchNorm):
+        out = _move(module, _local_class(module))
+        d = out.__dict__
+        saved = d.pop(_SAVED, {})
+        for k in SyncBatchNorm._SYNC_ATTRS:
+            d.pop(k, None)
+        d.update(saved)
+    memo[id(module)] = out
+    for name, child in list(out._modules.items()):
+        if child is not None:
+            new = _revert(child, memo)
+            if new is not child:
+                out._modules[name] = new
+    return out

@@ -1,0 +1,256 @@
+"""`SyncBatchNorm` for PyTorch CPU tensors over MPI, and its lazy variant.
+
+torch.nn.SyncBatchNorm refuses CPU tensors ("SyncBatchNorm expected input tensor to be on GPU");
+this layer takes its place on CPUs. The communication (`distributed.exchange.StatsExchange`: one
+Allreduce each way, fingerprints that make out-of-step ranks fail together, timeouts) and the
+mathematics (`functional.moments`, `functional.batch_norm`) are syncnorm's, shared with
+`syncnorm.nn.SyncBatchNorm`; `function.py` runs them on the tensors' memory.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn.modules.batchnorm import _BatchNorm, _LazyNormBase
+
+from ..distributed.exchange import RanksOutOfStepError, StatsExchange, next_layer_index
+from ..distributed.group import ProcessGroup, as_group, get_world_group
+from . import _views as V
+from .function import StepPlan, SyncBatchNormFunction
+
+__all__ = ["SyncBatchNorm", "LazySyncBatchNorm", "RanksOutOfStepError"]
+
+_HAS_BIAS_KW = "bias" in inspect.signature(_BatchNorm.__init__).parameters
+
+
+def _is_communicator(obj: Any) -> bool:
+    return all(hasattr(obj, a) for a in ("Get_size", "Get_rank", "Allreduce", "Get_group"))
+
+
+def check_process_group(process_group: Any) -> None:
+    """Raise a TypeError unless `process_group` is None, a syncnorm ProcessGroup or an mpi4py
+    communicator (checked without starting MPI)."""
+    if process_group is None or isinstance(process_group, ProcessGroup) or _is_communicator(process_group):
+        return
+    hint = ""
+    if type(process_group).__module__.startswith("torch"):
+        hint = (" (a torch.distributed group cannot carry syncnorm's MPI collectives: make the same "
+                "ranks into a group with syncnorm.distributed.new_group(ranks) or "
+                "new_subgroups_by_enumeration)")
+    raise TypeError("process_group must be a syncnorm ProcessGroup, an mpi4py communicator or None; "
+                    f"got {type(process_group).__name__}{hint}")
+
+
+class SyncBatchNorm(_BatchNorm):
+    """BatchNorm over (N, C, *) CPU tensors (any rank >= 2) with training statistics summed over
+    the ranks of an MPI process group.
+
+    Args as torch.nn.SyncBatchNorm (num_features, eps, momentum, affine, track_running_stats,
+    process_group, device, dtype, keyword-only bias). `process_group`: a syncnorm ProcessGroup, an
+    mpi4py communicator, or None for the MPI world (a plain `python` process is a world of size 1).
+    `timeout` (keyword-only, seconds) bounds each collective; None takes SYNCNORM_COLLECTIVE_TIMEOUT
+    from the environment, or waits for ever when it is unset.
+
+    Input float16, bfloat16 (through a float32 copy), float32 or float64, contiguous or channels
+    last (other strides are copied once); output of the same dtype and memory layout. Parameters and
+    buffers may have another floating dtype than the input.
+
+    Semantics (torch's, where torch is right):
+    - training: batch statistics of the whole group (ONE Allreduce forward, ONE backward, only when
+      the input needs a gradient); the normalizing variance is biased, running_var is updated with
+      the unbiased variance of the GROUP's count (n / (n - 1)); momentum=None is the cumulative
+      average over `num_batches_tracked` steps. Weight and bias gradients stay local: data-parallel
+      training (DistributedDataParallel) averages them.
+    - eval: running statistics, or this rank's own batch statistics when there are none
+      (track_running_stats=False), as torch.nn.SyncBatchNorm; eval never communicates, nor does a
+      group of size 1.
+
+    Where this differs from torch.nn.SyncBatchNorm, on purpose:
+    - exact for any batch sizes: statistics are float64 shifted sums about a shift equal on every
+      rank (the running mean, else the last step's group mean), added by one Allreduce;
+    - a rank with 0 samples takes part in both collectives and gets zero (not None) weight and
+      bias gradients, so DistributedDataParallel still finds a gradient for every parameter;
+    - a step where the whole group has 0 samples changes nothing: no running-statistics update and
+      num_batches_tracked stays;
+    - "Expected more than 1 value per channel when training" is decided on the group's count, so
+      every rank raises together (torch only checks a group of size 1);
+    - ranks that are out of step (a skipped layer, another order, different running statistics)
+      raise RanksOutOfStepError on every rank instead of mixing statistics or hanging.
+    """
+
+    _SYNC_ATTRS = ("process_group", "timeout", "_original_class", "_layer_index", "_exchange",
+                   "_stat_shift")
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, process_group: Any = None,
+                 device: Any = None, dtype: Any = None, *, bias: bool = True,
+                 timeout: float | None = None) -> None:
+        if _HAS_BIAS_KW:
+            super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
+                             bias=bias)
+        else:  # torch < 2.6 has no `bias` argument
+            super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype)
+            if affine and not bias:
+                self.register_parameter("bias", None)
+        self._sync_init(process_group, None, timeout)
+
+    def _sync_init(self, process_group: Any, original: type | None, timeout: float | None) -> None:
+        check_process_group(process_group)
+        self.process_group = process_group
+        self.timeout = timeout
+        self._original_class = original
+        self._layer_index = next_layer_index()
+        self._exchange: StatsExchange | None = None
+        self._stat_shift: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ checks
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        original = self._original_class
+        if original is not None and hasattr(original, "_check_input_dim"):
+            original._check_input_dim(self, input)
+        elif input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def _check_channels(self, input: torch.Tensor) -> None:
+        name = type(self).__name__
+        if input.size(1) == 0:
+            raise ValueError(f"{name}: number of input channels should be non-zero, got input of "
+                             f"shape {tuple(input.shape)}")
+        if input.size(1) != self.num_features:
+            raise ValueError(f"{name}: expected input with {self.num_features} channels (shape "
+                             f"(N, {self.num_features}, ...)), got input of shape {tuple(input.shape)}")
+
+    # ------------------------------------------------------------------ the group
+    def _get_exchange(self) -> StatsExchange:
+        ex = self._exchange
+        if ex is None or ex.channels != self.num_features or ex.timeout != self.timeout:
+            g = as_group(self.process_group)
+            if not g.is_member:
+                w = get_world_group()
+                raise ValueError(f"SyncBatchNorm: process_group {g} does not contain this rank "
+                                 f"(world rank {w.ranks[w.rank]}); pass the group this rank belongs to")
+            if self.process_group is None:
+                _check_world_matches_torch_distributed(g)
+            old = ex
+            ex = StatsExchange(g, self._layer_index, self.num_features, "syncnorm.torch.SyncBatchNorm",
+                               self.timeout)
+            if old is not None:
+                ex.forward_calls, ex.backward_calls = old.forward_calls, old.backward_calls
+            self._exchange = ex
+        return ex
+
+    # ------------------------------------------------------------------ statistics
+    def _shift(self) -> np.ndarray:
+        """A per-channel value near the mean, identical on every rank of the group: the running
+        mean, else the last training step's group mean, else 0 (non-finite entries become 0)."""
+        if self.running_mean is not None:
+            k = self.running_mean.detach().to(torch.float64).numpy()
+            if not np.isfinite(k).all():
+                k = np.where(np.isfinite(k), k, 0.0)
+            return k
+        if self._stat_shift is not None and self._stat_shift.shape == (self.num_features,):
+            return self._stat_shift
+        return np.zeros(self.num_features)
+
+    def _record(self, n: float, mean: np.ndarray, var: np.ndarray) -> None:
+        """After a training step with n > 0 values in the group: update the running statistics."""
+        if self.running_mean is None:
+            self._stat_shift = mean
+        if not (self.track_running_stats and self.running_mean is not None
+                and self.running_var is not None):
+            return
+        nbt = self.num_batches_tracked
+        if nbt is None:
+            raise AssertionError("num_batches_tracked must not be None")
+        nbt.add_(1)
+        f = 1.0 / float(nbt) if self.momentum is None else float(self.momentum)
+        rm, rv = self.running_mean, self.running_var
+        new_m = (1 - f) * rm.detach().to(torch.float64).numpy() + f * mean
+        new_v = (1 - f) * rv.detach().to(torch.float64).numpy() + f * (var * (n / (n - 1)))
+        rm.copy_(torch.from_numpy(new_m))
+        rv.copy_(torch.from_numpy(new_v))
+
+    def _plan(self) -> StepPlan:
+        who = type(self).__name__
+        if self.training:
+            return StepPlan("sync", self.eps, exchange=self._get_exchange(), shift=self._shift(),
+                            record=self._record, who=who)
+        if self.running_mean is None and self.running_var is None:
+            return StepPlan("local", self.eps, shift=self._shift(), who=who)
+        if self.running_mean is None or self.running_var is None:
+            raise ValueError(f"{who}: running_mean and running_var must both be tensors or both be "
+                             "None in eval mode")
+        return StepPlan("running", self.eps, who=who,
+                        running=(self.running_mean.detach().to(torch.float64).numpy(),
+                                 self.running_var.detach().to(torch.float64).numpy()))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        """input (N, C, *) -> output of the same shape, dtype and memory layout."""
+        V.check_tensor(input, type(self).__name__)
+        self._check_input_dim(input)
+        self._check_channels(input)
+        return SyncBatchNormFunction.apply(input, self.weight, self.bias, self._plan())
+
+    # ------------------------------------------------------------------ copies, pickling
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_exchange"] = None  # holds a communicator; made again at the next training forward
+        return state
+
+    def __deepcopy__(self, memo: dict) -> "SyncBatchNorm":
+        """A deep copy (e.g. an EMA model) that shares the process group (communicators cannot
+        be copied) and makes its own exchange at its first training forward."""
+        if self.process_group is not None:
+            memo[id(self.process_group)] = self.process_group
+        cls = type(self)
+        new = cls.__new__(cls)
+        memo[id(self)] = new
+        object.__setattr__(new, "__dict__", copy.deepcopy(self.__getstate__(), memo))
+        return new
+
+    # ------------------------------------------------------------------ convert / revert
+    @classmethod
+    def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group: Any = None) -> torch.nn.Module:
+        """See `syncnorm.torch.convert_sync_batchnorm`."""
+        from .convert import convert_sync_batchnorm
+        return convert_sync_batchnorm(module, process_group)
+
+
+class LazySyncBatchNorm(_LazyNormBase, SyncBatchNorm):
+    """A SyncBatchNorm whose `num_features` is inferred from the first input's size(1).
+
+    Until then weight, bias, running_mean and running_var are uninitialized; the first forward
+    materializes them and the module becomes a `SyncBatchNorm` (torch's lazy-module protocol).
+    `convert_sync_batchnorm` turns an uninitialized torch LazyBatchNorm into one of these.
+    """
+
+    cls_to_become = SyncBatchNorm
+
+    def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group: Any = None, device: Any = None,
+                 dtype: Any = None, *, bias: bool = True, timeout: float | None = None) -> None:
+        kw = {"bias": bias} if _HAS_BIAS_KW else {}
+        super().__init__(eps, momentum, affine, track_running_stats, device, dtype, **kw)
+        check_process_group(process_group)
+        self.process_group = process_group
+        self.timeout = timeout
+
+
+def _check_world_matches_torch_distributed(world: ProcessGroup) -> None:
+    """Fail early when torch.distributed runs more ranks than the MPI world syncnorm sees (e.g. a
+    job started with torchrun instead of mpirun): the statistics would silently stay local."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    n = dist.get_world_size()
+    if n != world.size:
+        raise RuntimeError(
+            f"torch.distributed runs {n} ranks but syncnorm's MPI world has {world.size} "
+            f"process{'es' if world.size != 1 else ''}: SyncBatchNorm would not synchronize the "
+            "statistics of the ranks it cannot see. Start the job with an MPI launcher "
+            "(`syncnorm-launch -n N -- python train.py`, mpirun, srun) and initialize "
+            "torch.distributed inside it, or pass process_group explicitly.")

@@ -1,0 +1,35 @@
+"""Multi-rank tests of syncnorm.torch: tests/mpi/mpi_torch_*.py under mpirun (skipped without torch)."""
+import re
+
+import pytest
+
+pytest.importorskip("torch", reason="syncnorm.torch needs PyTorch (pip install 'syncnorm[torch]')")
+
+from mpi_harness import run_pytest_mpi  # noqa: E402
+
+# one torch thread per rank (ranks oversubscribe 2 cores), hangs turned into errors, gloo on loopback
+ENV = {"OMP_NUM_THREADS": "1", "SYNCNORM_COLLECTIVE_TIMEOUT": "120", "GLOO_SOCKET_IFNAME": "lo"}
+
+
+def summaries(job, nprocs):
+    found = re.findall(r"^(\d+) passed(?:, (\d+) skipped)?", job.output, re.M)
+    assert len(found) == nprocs, job.output[-3000:]  # one report per rank
+    return found
+
+
+@pytest.mark.parametrize("nprocs", [1, 2, 3, 4])
+def test_against_torch_batchnorm_on_p_ranks(nprocs):
+    job = run_pytest_mpi(nprocs, "tests/mpi/mpi_torch_reference.py", timeout=400, env=ENV).check()
+    found = summaries(job, nprocs)
+    if nprocs > 1:  # every test ran on every rank, none skipped
+        assert all(skipped == "" for _, skipped in found), found
+
+
+def test_against_pytorch_cuda_syncbatchnorm_golden_results():
+    job = run_pytest_mpi(4, "tests/mpi/mpi_torch_golden.py", timeout=300, env=ENV).check()
+    assert all(s == ("8", "") for s in summaries(job, 4)), job.output[-2000:]
+
+
+def test_ddp_training_follows_the_single_process_large_batch_run():
+    job = run_pytest_mpi(4, "tests/mpi/mpi_torch_ddp.py", timeout=400, env=ENV).check()
+    assert all(skipped == "" for _, skipped in summaries(job, 4)), job.output[-2000:]
