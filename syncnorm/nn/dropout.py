@@ -7,8 +7,8 @@ Where the random numbers come from:
 - by default from the layer's numpy Generator (`generator=`, else `syncnorm.nn.init`'s default):
   the masks then depend on how the batch was split across ranks, as in torch;
 - after `set_dropout_keys(model, sample_ids, step, seed)`, the next forward of every Dropout in
-  `model` draws the mask of sample i from its own stream keyed by (seed, the layer's position in
-  the model, step, sample_ids[i]). A sample then gets the same mask whichever rank processes it and
+  `model` draws the mask of sample i from its own counter-based stream keyed by (seed, the layer's
+  position in the model, step, sample_ids[i]) (`keyed_uniform`). A sample then gets the same mask whichever rank processes it and
   whatever the batch size, which makes data-parallel training with dropout follow exactly the same
   trajectory as one process training on the whole batch (see `syncnorm.train`). torch has no such
   mode.
@@ -23,7 +23,7 @@ from . import init
 from ._util import check_float_input, check_grad_shape, no_forward
 from .module import Module
 
-__all__ = ["Dropout", "set_dropout_keys"]
+__all__ = ["Dropout", "set_dropout_keys", "keyed_uniform"]
 
 
 class Dropout(Module):
@@ -50,10 +50,7 @@ class Dropout(Module):
         if len(shape) == 0 or shape[0] != len(ids):
             raise ValueError(f"Dropout: set_dropout_keys gave {len(ids)} sample ids but the input has "
                              f"shape {shape} (one id per sample along dim 0 is expected)")
-        u = np.empty(shape)
-        for i, sid in enumerate(ids):
-            u[i] = np.random.default_rng([seed, stream, step, int(sid)]).random(shape[1:])
-        return u
+        return keyed_uniform(seed, stream, step, ids, shape)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = check_float_input(x, "Dropout")
@@ -84,6 +81,34 @@ class Dropout(Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finalizer on uint64 (wrapping arithmetic): a bijection with full avalanche."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def keyed_uniform(seed: int, stream: int, step: int, ids: np.ndarray,
+                  shape: tuple[int, ...]) -> np.ndarray:
+    """U[0, 1) float64 of `shape`; row i is a function of (seed, stream, step, ids[i]) only.
+
+    Counter-based (SplitMix64 mixing of the key and the element's position), vectorized, and defined
+    by integer arithmetic alone, so the same key gives the same numbers on every rank, every platform
+    and every numpy version."""
+    with np.errstate(over="ignore"):
+        h = _mix(np.array([seed], np.uint64) + _GOLDEN)
+        h = _mix(h ^ (np.uint64(stream) + _GOLDEN * np.uint64(2)))
+        h = _mix(h ^ (np.uint64(step) + _GOLDEN * np.uint64(3)))
+        keys = _mix(h ^ np.asarray(ids, np.int64).astype(np.uint64))
+        per_row = int(np.prod(shape[1:], dtype=np.int64))
+        pos = (np.arange(1, per_row + 1, dtype=np.uint64) * _GOLDEN)
+        bits = _mix(keys[:, None] + pos[None, :])
+    return ((bits >> np.uint64(11)).astype(np.float64) * 2.0 ** -53).reshape(shape)
 
 
 def set_dropout_keys(module: Module, sample_ids: Sequence[int] | np.ndarray, step: int,
