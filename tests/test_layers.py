@@ -311,3 +311,25 @@ def test_float32_layers_stay_float32():
     assert y.dtype == np.float32
     assert m.backward(np.ones_like(y)).dtype == np.float32
     assert all(p.grad.dtype == np.float32 for p in m.parameters())
+
+
+def _splitmix_mix(z):  # pure-Python reference of SplitMix64's finalizer
+    m = (1 << 64) - 1
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_keyed_uniform_is_the_documented_integer_function_and_uniform():
+    from syncnorm.nn.dropout import keyed_uniform
+    g, m = 0x9E3779B97F4A7C15, (1 << 64) - 1
+    seed, stream, step, ids = 7, 1, 3, [0, 12345]
+    h = _splitmix_mix((seed + g) & m)
+    h = _splitmix_mix(h ^ ((stream + 2 * g) & m))
+    h = _splitmix_mix(h ^ ((step + 3 * g) & m))
+    want = [[(_splitmix_mix((_splitmix_mix(h ^ i) + j * g) & m) >> 11) * 2.0 ** -53 for j in (1, 2, 3)]
+            for i in ids]
+    assert keyed_uniform(seed, stream, step, np.array(ids), (2, 3)).tolist() == want
+    u = keyed_uniform(0, 0, 0, np.arange(4000), (4000, 25))
+    assert abs(u.mean() - 0.5) < 0.005 and abs(u.var() - 1 / 12) < 0.002
+    assert np.all((u >= 0) & (u < 1))
