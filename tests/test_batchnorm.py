@@ -253,6 +253,10 @@ def test_backward_errors():
     m(np.ones((3, 2), np.float32) * np.arange(3)[:, None])
     with pytest.raises(ValueError, match=r"expected grad_output of shape \(3, 2\) .* got \(2, 2\)"):
         m.backward(np.zeros((2, 2), np.float32))
+    # a failed backward used up the forward (a SyncBatchNorm has joined its collective by then)
+    with pytest.raises(RuntimeError, match="without a forward"):
+        m.backward(np.zeros((3, 2), np.float32))
+    m(np.ones((3, 2), np.float32) * np.arange(3)[:, None])
     m.backward(np.zeros((3, 2), np.float32))
     with pytest.raises(RuntimeError, match="or twice for one forward"):
         m.backward(np.zeros((3, 2), np.float32))

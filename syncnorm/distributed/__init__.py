@@ -5,9 +5,11 @@ that never loads MPI).
 """
 from .comm import CollectiveTimeoutError, default_timeout
 from .env import MPIMismatchError
+from .exchange import PeerInputError, RanksOutOfStepError
 from .group import (ProcessGroup, as_group, get_rank, get_world_group, get_world_size, new_group,
                     new_subgroups, new_subgroups_by_enumeration, split_by_node)
 
 __all__ = ["ProcessGroup", "as_group", "get_rank", "get_world_group", "get_world_size", "new_group",
            "new_subgroups", "new_subgroups_by_enumeration", "split_by_node",
-           "CollectiveTimeoutError", "MPIMismatchError", "default_timeout"]
+           "CollectiveTimeoutError", "MPIMismatchError", "PeerInputError", "RanksOutOfStepError",
+           "default_timeout"]

@@ -7,6 +7,7 @@ backward.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,7 @@ class _NormBase(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Any = None) -> None:
+                 dtype: Any = None, *, check_finite: bool | None = None) -> None:
         super().__init__()
         if device not in (None, "cpu"):
             raise ValueError(f"syncnorm runs on the CPU; got device={device!r}")
@@ -76,6 +77,9 @@ class _NormBase(Module):
             self.register_buffer("num_batches_tracked", None)
         self._cache: tuple | None = None
         self._stat_shift: np.ndarray | None = None
+        if check_finite is None:
+            check_finite = os.environ.get("SYNCNORM_CHECK_FINITE", "").lower() in ("1", "true", "yes")
+        self.check_finite = bool(check_finite)
 
     def reset_running_stats(self) -> None:
         if self.track_running_stats:
@@ -141,15 +145,35 @@ class _BatchNorm(_NormBase):
 
     def _batch_sums(self, x3: np.ndarray, shift: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         n, s1, s2 = moments(x3, shift)
+        local_ok = bool(np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))) if self.check_finite else True
         if self.training:
-            return self._reduce_stats(n, s1, s2, shift)
+            n, s1, s2 = self._reduce_stats(n, s1, s2, shift)
+        self._check_finite(n, s1, s2, local_ok)
         return n, s1, s2
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, C, *) float16/32/64 -> y of the same shape and dtype."""
+    def _bad_input(self, phase: str) -> None:
+        """Hook: this rank's input was bad (SyncBatchNorm tells its peers before raising)."""
+
+    def _validated(self, x: Any) -> np.ndarray:
         x = check_float_input(x, type(self).__name__)
         self._check_input_dim(x)
         self._check_channels(x)
+        return x
+
+    def _check_finite(self, n: float, s1: np.ndarray, s2: np.ndarray, local_ok: bool) -> None:
+        if self.check_finite and not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))):
+            where = "this rank's input" if not local_ok else "another rank's input"
+            raise FloatingPointError(
+                f"{type(self).__name__}: the batch statistics are not finite: {where} holds NaN or "
+                "Inf (check_finite=True; without it NaN propagates like torch)")
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, C, *) float16/32/64 -> y of the same shape and dtype."""
+        try:
+            x = self._validated(x)
+        except (TypeError, ValueError):
+            self._bad_input("forward")
+            raise
         x3 = K.as_acm(x)
         use_batch = self.training or self.running_mean is None
         if use_batch:
@@ -199,11 +223,16 @@ class _BatchNorm(_NormBase):
             raise RuntimeError(f"{type(self).__name__}.backward() called without a forward() before "
                                "it (or twice for one forward)")
         shape, x3, mean, invstd, use_batch, n, synced = self._cache
-        dy = check_float_input(grad_output, f"{type(self).__name__}.backward")
-        if dy.shape != tuple(shape):
-            raise ValueError(f"{type(self).__name__}.backward: expected grad_output of shape "
-                             f"{tuple(shape)} (the forward input's), got {tuple(dy.shape)}")
         self._cache = None
+        try:
+            dy = check_float_input(grad_output, f"{type(self).__name__}.backward")
+            if dy.shape != tuple(shape):
+                raise ValueError(f"{type(self).__name__}.backward: expected grad_output of shape "
+                                 f"{tuple(shape)} (the forward input's), got {tuple(dy.shape)}")
+        except (TypeError, ValueError):
+            if synced:
+                self._bad_input("backward")
+            raise
         dy3 = K.as_acm(dy)
         C = shape[1]
         if mean is None:  # the whole group had 0 samples: take part in the collective, return empty

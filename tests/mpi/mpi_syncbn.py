@@ -205,8 +205,8 @@ def test_exactly_one_collective_each_way_and_none_in_eval():
         return
     assert fwd == {"Allreduce": 1}, fwd
     assert dict(cc.calls) == {"Allreduce": 2}, cc.calls
-    # bytes per rank per step do not depend on the group size: (2C+5) + (2C+4) float64 values
-    assert cc.bytes == 8 * ((2 * C + 5) + (2 * C + 4))
+    # bytes per rank per step do not depend on the group size: (2C+6) + (2C+5) float64 values
+    assert cc.bytes == 8 * ((2 * C + 6) + (2 * C + 5))
     cc.calls.clear()
     m.eval()
     m.backward(np.ones_like(m(x)))
@@ -308,12 +308,61 @@ def test_group_api():
     if P > 1:
         only0 = dist.new_group([0])
         assert only0.is_member == (RANK == 0)
+        layer = nn.SyncBatchNorm(2, process_group=only0)  # made on every rank: layer ids stay equal
         if RANK != 0:
             with pytest.raises(ValueError, match="does not contain this rank"):
-                nn.SyncBatchNorm(2, process_group=only0)(np.ones((2, 2), np.float32))
+                layer(np.ones((2, 2), np.float32))
     # an mpi4py communicator is accepted wherever a group is
     sub = WORLD.Split(RANK % 2, RANK)
     gr = dist.as_group(sub)
     assert gr.size == sub.Get_size() and gr.ranks[gr.rank] == RANK
     with pytest.raises(TypeError, match="process_group must be a syncnorm ProcessGroup"):
         nn.SyncBatchNorm(2, process_group="world")
+
+
+# ------------------------------------------------------------------------------ bad input on one rank
+@pytest.mark.mpi(min_size=2)
+@pytest.mark.parametrize("bad,exc,msg", [
+    (np.zeros((3, 5), np.float32), ValueError, "expected input with 4 channels"),
+    (np.zeros((3, 4), np.int64), TypeError, "expected a floating-point input"),
+    (np.zeros((3, 4, 2, 2, 2), np.float32), ValueError, "expected 2D or 3D input"),
+])
+def test_bad_input_on_one_rank_raises_on_every_rank(bad, exc, msg):
+    m = nn.convert_sync_batchnorm(nn.Sequential(nn.BatchNorm1d(4)))[0]
+    good = np.random.default_rng(RANK).normal(size=(3, 4)).astype(np.float32)
+    if RANK == P - 1:
+        with pytest.raises(exc, match=msg):
+            m(bad)
+    else:
+        with pytest.raises(dist.PeerInputError, match="1 rank\\(s\\) of the group had bad input"):
+            m(good)
+    # the layer stays usable and in step afterwards
+    y = m(good)
+    if RANK == P - 1:
+        with pytest.raises(ValueError, match="expected grad_output of shape"):
+            m.backward(np.ones((2, 4), np.float32))
+    else:
+        with pytest.raises(dist.PeerInputError, match="backward call"):
+            m.backward(np.ones_like(y))
+    m.backward(np.ones_like(m(good)))
+
+
+@pytest.mark.mpi(min_size=2)
+def test_nan_on_one_rank_is_caught_on_every_rank_when_asked():
+    x = np.random.default_rng(RANK).normal(size=(3, 2)).astype(np.float32)
+    if RANK == 0:
+        x[1, 1] = np.nan
+    y = nn.SyncBatchNorm(2)(x)  # default: propagate like torch
+    assert np.isnan(y[:, 1]).all() and np.isfinite(y[:, 0]).all()
+    with pytest.raises(FloatingPointError, match=("this rank's" if RANK == 0 else "another rank's")):
+        nn.SyncBatchNorm(2, check_finite=True)(x)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_layers_of_different_sizes_out_of_step_are_caught_in_debug_mode(monkeypatch):
+    monkeypatch.setenv("SYNCNORM_CHECK_ORDER", "1")
+    a, b = nn.SyncBatchNorm(3), nn.SyncBatchNorm(200)
+    xa = np.ones((2, 3), np.float32) * np.arange(2)[:, None]
+    xb = np.ones((2, 200), np.float32) * np.arange(2)[:, None]
+    with pytest.raises(nn.RanksOutOfStepError, match="fingerprints differ"):
+        a(xa) if RANK == 0 else b(xb)
