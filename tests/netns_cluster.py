@@ -24,6 +24,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -250,6 +251,15 @@ exec ip netns exec {self.prefix}-"$h" unshare --uts -- sh -c 'hostname "$0" && e
         """Run argv on `host`, bounded by `timeout`; every process left in the cluster is killed."""
         started = time.monotonic()
         return self.finish(self.popen(host, argv, env, cwd), timeout, started)
+
+    def launch_line(self, nprocs: int, cmd: list[str], hosts: str | None = None,
+                    timeout: float = 120, extra: tuple[str, ...] = ()) -> list[str]:
+        """`python -m syncnorm.launch` across the cluster: the hostfile (slots, never
+        --oversubscribe) or `hosts` ('h1:2,h2:1'), the rsh agent, TCP only on the cluster subnet."""
+        where = ["--hosts", hosts] if hosts else ["--hostfile", self.hostfile]
+        return [sys.executable, "-m", "syncnorm.launch", "-n", str(nprocs), *where,
+                "--rsh-agent", self.agent, "--tcp", self.cidr, "--timeout", f"{timeout:g}",
+                *extra, "--", *cmd]
 
     def pids(self, host: str | None = None) -> list[int]:
         """Processes living in one host's namespace (or in any of the cluster's)."""
