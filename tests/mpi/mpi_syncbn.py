@@ -276,14 +276,13 @@ def test_different_running_stats_are_caught():
 
 
 @pytest.mark.mpi(min_size=2)
-def test_running_stats_bitwise_identical_after_many_uneven_steps():
+def test_running_stats_bitwise_identical_after_1000_uneven_steps():
     rng = np.random.default_rng(RANK)
     m = nn.SyncBatchNorm(5, momentum=None)
     k = nn.SyncBatchNorm(5)
-    for _ in range(300):
+    for _ in range(1000):
         x = rng.normal(3, 2, (int(rng.integers(0, 6)), 5, 3)).astype(np.float32)
-        if rng.random() < 0.5 or True:
-            k.backward(np.ones_like(k(m(x))))
+        k.backward(np.ones_like(k(m(x))))
         m.backward(np.ones_like(x))
     for mod in (m, k):
         for name, buf in mod.named_buffers():
