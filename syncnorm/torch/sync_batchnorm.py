@@ -239,6 +239,14 @@ class LazySyncBatchNorm(_LazyNormBase, SyncBatchNorm):
         self.process_group = process_group
         self.timeout = timeout
 
+    def initialize_parameters(self, input: torch.Tensor) -> None:  # type: ignore[override]
+        """Materialize from the first input; after a load_state_dict that materialized the tensors
+        already, take num_features from them (torch leaves it 0 then)."""
+        super().initialize_parameters(input)
+        if self.num_features == 0:
+            t = next((v for v in (self.weight, self.running_mean) if v is not None), None)
+            self.num_features = int(t.shape[0]) if t is not None else int(input.shape[1])
+
 
 def _check_world_matches_torch_distributed(world: ProcessGroup) -> None:
     """Fail early when torch.distributed runs more ranks than the MPI world syncnorm sees (e.g. a
