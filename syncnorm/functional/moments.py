@@ -10,27 +10,51 @@ S2/n - (S1/n)^2 only cancels digits in proportion to ((mean - K) / std)^2: a K n
 running mean) keeps it exact, and `poorly_shifted` tells the caller when K was so far off that it
 must sum again about the mean it just found (every rank decides alike from the reduced sums).
 
-How the sums are formed (one read of x, in cache-sized blocks of rows of M contiguous values): each
-row's own sum gives a row mean m (rounded to the working dtype), then t = x - m is summed and
-squared in the working dtype. x - m is exact (Sterbenz) and t is centred, so these per-row partials
-carry the row's spread to working-dtype accuracy whatever the mean; the rows are then combined per
-channel about K in float64. Rows shorter than `MIN_ROW` take a float64 path instead.
+How the sums are formed: the (A*C, M) rows are cut into *pieces* of at most `ROW_PIECE` contiguous
+values (a whole row when it is shorter), read in cache-sized blocks of pieces. Each piece gets its
+sum s and sum of squares q in the working dtype from two BLAS calls (`vecdot`, then `matmul` on the
+block while it is in cache): one read of x from memory. The pieces are then combined per channel
+about K in float64: with m = s/n and t2 = q - s*m (float64),
+    S1 += n (m - K),    S2 += t2 + n (m - K)^2.
+t2 cancels digits in proportion to m^2/var of the piece, so a piece whose mean is more than
+`UNCENTRED_LIMIT`^(1/2) = 4 of its standard deviations from 0 (and every constant piece) is summed
+again about its own mean m (rounded to the working dtype: x - m is exact when x and m are within a
+factor of two, and t = x - m is centred), as t1 = sum(t), t2 = sum(t^2) with
+    S1 += t1 + n (m - K),    S2 += t2 + (m - K) (2 t1 + n (m - K)).
+So every piece's spread is accurate to a few units of the working dtype whatever its mean, and the
+float64 combination across pieces and rows cancels nothing. Rows shorter than `MIN_ROW` take a
+float64 path instead.
 """
 from __future__ import annotations
 
 import numpy as np
 
 __all__ = ["moments", "mean_var", "poorly_shifted", "row_blocks", "work_dtype", "rows_view",
-           "block_ranges", "BLOCK_ELEMS", "MIN_ROW"]
+           "block_ranges", "piece_bounds", "piece_sums", "rowdot", "BLOCK_ELEMS", "MIN_ROW", "ROW_PIECE", "REDUCE_BLOCK",
+           "UNCENTRED_LIMIT"]
 
 #: elements per block of rows (float32: 128 KiB; a few such blocks stay in L2)
 BLOCK_ELEMS = 1 << 15
+#: elements per block of a reduction pass (blocks beyond L2 still win: fewer calls, longer streams)
+REDUCE_BLOCK = 1 << 18
+#: longest run of values summed in the working dtype (longer rows are cut into pieces)
+ROW_PIECE = 1 << 14
 #: rows shorter than this are reduced column-wise in float64
 MIN_ROW = 16
+#: a piece with mean^2 > UNCENTRED_LIMIT * var (|mean| > 4 std) is summed again about its mean
+UNCENTRED_LIMIT = 16.0
 #: (mean - shift)^2 / var above which float64 shifted sums may lose more than ~1e-8 of the variance
 RESHIFT_RATIO = 1e8
 
 _F16 = np.dtype(np.float16)
+_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0: one BLAS dot per row
+
+
+def rowdot(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """sum(a * b) along the last axis, in the operands' dtype (BLAS dots with numpy >= 2)."""
+    if _VECDOT is not None:
+        return _VECDOT(a, b, out=out)
+    return np.einsum("...i,...i->...", a, b, out=out)
 
 
 def work_dtype(dtype: np.dtype) -> np.dtype:
@@ -67,25 +91,80 @@ def row_blocks(nrows: int, M: int, block: int = BLOCK_ELEMS):
         yield r0, min(nrows, r0 + step)
 
 
-def _row_partials(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per row: (m, t1, t2) with m the row's rounded mean, t1 = sum(x - m), t2 = sum((x - m)^2);
-    m in the working dtype, t1 and t2 as float64 arrays of shape (rows,)."""
-    R, M = rows.shape
-    wd = work_dtype(rows.dtype)
-    m = np.empty(R, wd)
-    t1 = np.empty(R)
-    t2 = np.empty(R)
-    tmp = np.empty((max(1, BLOCK_ELEMS // max(1, M)), M), wd)
-    for r0, r1 in row_blocks(R, M):
-        blk = rows[r0:r1]
-        t = tmp[:r1 - r0]
-        mb = np.add.reduce(blk, axis=1, dtype=wd)
-        mb /= M
-        m[r0:r1] = mb
-        np.subtract(blk, mb[:, None], out=t, dtype=wd)
-        t1[r0:r1] = np.add.reduce(t, axis=1)
-        t2[r0:r1] = np.einsum("ij,ij->i", t, t)
-    return m, t1, t2
+def piece_bounds(M: int, piece: int = ROW_PIECE) -> list[tuple[int, int]]:
+    """Split a row of M values into pieces of nearly equal length, none longer than `piece`."""
+    k = max(1, -(-M // piece))
+    edges = [M * i // k for i in range(k + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _as_work(blk: np.ndarray, wd: np.dtype, scratch: np.ndarray | None) -> np.ndarray:
+    """`blk` in the working dtype (float16 is converted into `scratch`)."""
+    if blk.dtype == wd:
+        return blk
+    out = scratch.reshape(-1)[:blk.size].reshape(blk.shape)
+    np.copyto(out, blk, casting="same_kind")
+    return out
+
+
+def piece_sums(rows: np.ndarray, wd: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Sum and sum of squares of each row of `rows` (R, n), in `wd`: shapes (R,), (R,).
+
+    Blocks of REDUCE_BLOCK elements: the sum of squares streams the block from memory, the sum
+    reads it again from cache."""
+    R, n = rows.shape
+    s = np.empty(R, wd)
+    q = np.empty(R, wd)
+    ones = np.ones(n, wd)
+    step = max(1, REDUCE_BLOCK // max(1, n))
+    scratch = None if rows.dtype == wd else np.empty((min(R, step), n), wd)
+    for r0 in range(0, R, step):
+        b = _as_work(rows[r0:r0 + step], wd, scratch)
+        rowdot(b, b, out=q[r0:r0 + step])
+        np.matmul(b, ones, out=s[r0:r0 + step])
+    return s, q
+
+
+def centred_sums(rows: np.ndarray, m: np.ndarray, wd: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """t1 = sum(x - m), t2 = sum((x - m)^2) per row, in `wd`, for centres m (R,) of dtype wd."""
+    R, n = rows.shape
+    t1 = np.empty(R, wd)
+    t2 = np.empty(R, wd)
+    ones = np.ones(n, wd)
+    step = max(1, BLOCK_ELEMS // max(1, n))
+    tmp = np.empty((min(R, step), n), wd)
+    for r0 in range(0, R, step):
+        b = rows[r0:r0 + step]
+        t = tmp[:b.shape[0]]
+        np.subtract(b, m[r0:r0 + step, None], out=t, dtype=wd)
+        rowdot(t, t, out=t2[r0:r0 + step])
+        np.matmul(t, ones, out=t1[r0:r0 + step])
+    return t1, t2
+
+
+def _piece_moments(piece: np.ndarray, A: int, C: int, K: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """This piece's contribution (S1, S2) per channel, float64 (C,); `piece` is (A*C, n)."""
+    wd = work_dtype(piece.dtype)
+    n = piece.shape[1]
+    s, q = piece_sums(piece, wd)
+    s64 = s.astype(np.float64)
+    m = s64 / n
+    t2 = q.astype(np.float64) - s64 * m
+    t1 = np.zeros_like(m)
+    # uncentred sums lose digits as m^2/var: sum again about the piece's mean where that is large
+    # (or where the piece is constant); NaN/Inf compare False and propagate like torch
+    redo = np.flatnonzero(m * m > UNCENTRED_LIMIT * (t2 / n))
+    if redo.size:
+        mc = m[redo].astype(wd)
+        c1, c2 = centred_sums(piece[redo], mc, wd)
+        m[redo] = mc.astype(np.float64)
+        t1[redo] = c1
+        t2[redo] = c2
+    d = (m - np.tile(K, A)).reshape(A, C)  # piece mean - shift
+    t1 = t1.reshape(A, C)
+    t2 = t2.reshape(A, C)
+    return (t1 + n * d).sum(axis=0), (t2 + d * (2 * t1 + n * d)).sum(axis=0)
 
 
 def moments(x3: np.ndarray, shift: np.ndarray | None = None) -> tuple[int, np.ndarray, np.ndarray]:
@@ -100,12 +179,13 @@ def moments(x3: np.ndarray, shift: np.ndarray | None = None) -> tuple[int, np.nd
         return A * M, np.zeros(C), np.zeros(C)
     if M < MIN_ROW:
         return A * M, *_moments_columns(x3, K)
-    m, t1, t2 = _row_partials(rows_view(x3))
-    d = (m.astype(np.float64).reshape(A, C) - K)  # row mean - shift
-    t1 = t1.reshape(A, C)
-    t2 = t2.reshape(A, C)
-    s1 = (t1 + M * d).sum(axis=0)
-    s2 = (t2 + d * (2 * t1 + M * d)).sum(axis=0)
+    rows = rows_view(x3)
+    s1 = np.zeros(C)
+    s2 = np.zeros(C)
+    for m0, m1 in piece_bounds(M):
+        p1, p2 = _piece_moments(rows[:, m0:m1], A, C, K)
+        s1 += p1
+        s2 += p2
     return A * M, s1, s2
 
 

@@ -240,7 +240,7 @@ class _BatchNorm(_NormBase):
                 self._reduce_grads(np.zeros(C), np.zeros(C))
             self._accumulate(np.zeros(C), np.zeros(C))
             return np.empty(shape, dy.dtype)
-        g, h = K.backward_reduce(dy3, x3, mean)
+        g, h = K.backward_reduce(dy3, x3, mean, invstd)
         self._accumulate(h * invstd, g)
         w = None if self.weight is None else self.weight.data.astype(np.float64)
         if use_batch:
