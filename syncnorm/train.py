@@ -28,6 +28,7 @@ import numpy as np
 from . import nn
 from .checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint
 from .data import load_digits
+from .distributed import comm as C
 from .distributed.env import launcher_info
 from .distributed.group import ProcessGroup, get_world_group
 from .nn.sync_batchnorm import SyncBatchNorm
@@ -250,7 +251,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def allreduce_gather(values: np.ndarray, world: ProcessGroup) -> list[list[float]]:
     """Every rank's small vector, as a list per rank (for the checkpoint's per-rank loss sums)."""
-    from .distributed import comm as C
     v = np.ascontiguousarray(values, dtype=np.float64)
     if world.size == 1:
         return [v.tolist()]
