@@ -228,7 +228,9 @@ def build_command(nprocs: int, cmd: list[str], info: MPIInfo, hosts: str | None 
             "more slots per host (HOST:SLOTS). Oversubscribing several hosts is not done for you: "
             "Open MPI 5 then maps every rank onto the first host.")
     cores = cores or os.cpu_count() or 1
-    single_host = host_list is None and hostfile is None
+    # inside a Slurm allocation of several nodes, mpirun spreads the ranks over them by itself
+    single_host = (host_list is None and hostfile is None
+                   and _int_env("SLURM_JOB_NUM_NODES", _int_env("SLURM_NNODES", 1)) <= 1)
     passed = _env_pairs(env_vars)
     line = [info.launcher, "-n", str(nprocs)]
     if info.vendor == "openmpi":
@@ -270,8 +272,22 @@ def build_command(nprocs: int, cmd: list[str], info: MPIInfo, hosts: str | None 
     return line + list(extra or []) + list(cmd)
 
 
+# variables read by the launcher side (syncnorm-launch, launch/*.sh) only: not passed to ranks
+_LAUNCHER_ONLY = frozenset({"SYNCNORM_MPIEXEC", "SYNCNORM_DRY_RUN", "SYNCNORM_TCP", "SYNCNORM_NP",
+                            "SYNCNORM_RSH_AGENT", "SYNCNORM_JOB", "SYNCNORM_JOB_TIMEOUT",
+                            "SYNCNORM_SRUN_MPI", "SYNCNORM_VENV", "SYNCNORM_TEST_CACHE"})
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, ""))
+    except ValueError:
+        return default
+
+
 def _env_pairs(env_vars: list[str] | None) -> list[tuple[str, str | None]]:
-    out: dict[str, str | None] = {k: None for k in sorted(os.environ) if k.startswith("SYNCNORM_")}
+    out: dict[str, str | None] = {k: None for k in sorted(os.environ)
+                                  if k.startswith("SYNCNORM_") and k not in _LAUNCHER_ONLY}
     for item in env_vars or []:
         name, eq, value = item.partition("=")
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):

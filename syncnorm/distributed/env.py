@@ -139,8 +139,8 @@ def check_world(mpi_size: int) -> None:
         raise MPIMismatchError(
             f"this process was started by {info.launcher} as rank {info.rank} of {info.size} "
             f"({info.variable}={info.size}), but MPI ({_library()}) sees a world of size 1: the "
-            f"launcher belongs to a different MPI than the one mpi4py loaded, so every rank runs "
-            f"alone. {fix}")
+            f"launcher did not connect this process to the MPI that mpi4py loaded (a launcher of "
+            f"another MPI, or srun without the right --mpi plugin), so every rank runs alone. {fix}")
     raise MPIMismatchError(
         f"this process was started by {info.launcher} as rank {info.rank} of {info.size} "
         f"({info.variable}={info.size}), but MPI ({_library()}) sees a world of size {mpi_size}. "
