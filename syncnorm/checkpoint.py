@@ -164,6 +164,9 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted): "
                               f"{type(e).__name__}: {e}") from None
+    except MemoryError:  # a damaged or crafted member header declaring a huge array
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted): a member "
+                              "declares an array too large to allocate") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -179,8 +182,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
                               "after it was written; refusing to load any of it")
     try:
         header = json.loads(arrays.pop(_META).tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: unreadable metadata: {e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: unreadable metadata: {type(e).__name__}: {e}") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f"{path}: format {header.get('format') if isinstance(header, dict) else None!r}"
                               f" is not {FORMAT!r}")
@@ -188,6 +191,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not isinstance(version, int) or version > VERSION or version < 1:
         raise CheckpointError(f"{path}: checkpoint format version {version!r}; this syncnorm reads "
                               f"versions 1..{VERSION} (written by a newer syncnorm?)")
+    _check_header(path, header)
     model: OrderedDict[str, np.ndarray] = OrderedDict()
     opt_state: dict[int, dict[str, np.ndarray]] = {}
     for key, a in arrays.items():
@@ -196,7 +200,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             model[key[len("model/"):]] = a
         elif key.startswith("optim/"):
             parts = key.split("/")
-            if len(parts) != 3 or not parts[1].isdigit():
+            if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdecimal()):
                 raise CheckpointError(f"{path}: malformed optimizer entry {key!r}")
             opt_state.setdefault(int(parts[1]), {})[parts[2]] = a
         else:
@@ -208,6 +212,28 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     elif opt_state:
         raise CheckpointError(f"{path}: optimizer arrays without optimizer metadata")
     return Checkpoint(model, optimizer, dict(header.get("meta") or {}))
+
+
+def _check_header(path: Path, header: dict[str, Any]) -> None:
+    """The header's fields have the documented JSON types (a file can pass its checksum and still
+    be crafted); raise CheckpointError naming the first field that does not."""
+    def bad(field: str, want: str, got: Any) -> CheckpointError:
+        return CheckpointError(f"{path}: malformed metadata: {field} must be {want}, got "
+                               f"{type(got).__name__}")
+    for field in ("meta", "model_metadata"):
+        v = header.get(field)
+        if v is not None and not isinstance(v, dict):
+            raise bad(repr(field), "a JSON object", v)
+    for k, v in (header.get("model_metadata") or {}).items():
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise bad(f"the module version of {k!r}", "an integer", v)
+    opt = header.get("optimizer")
+    if opt is not None:
+        if not isinstance(opt, dict):
+            raise bad("'optimizer'", "a JSON object", opt)
+        groups = opt.get("param_groups")
+        if not isinstance(groups, list) or not all(isinstance(g, dict) for g in groups):
+            raise bad("'optimizer.param_groups'", "a list of JSON objects", groups)
 
 
 def save_training_checkpoint(path: str | os.PathLike, model: Any, optimizer: Any,

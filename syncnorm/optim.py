@@ -160,7 +160,8 @@ class SGD(Optimizer):
         if g["weight_decay"] < 0.0:
             raise ValueError(f"Invalid weight_decay value: {g['weight_decay']}")
         if g["nesterov"] and (g["momentum"] <= 0 or g["dampening"] != 0):
-            raise ValueError("Nesterov momentum requires a momentum and zero dampening")
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening (got "
+                             f"momentum={g['momentum']}, dampening={g['dampening']})")
 
     def step(self) -> None:
         """One update of every parameter that has a gradient."""

@@ -19,7 +19,7 @@ class ReLU(Module):
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         x = check_float_input(x, "ReLU")
-        mask = x > 0
+        mask = ~(x <= 0)  # NaN passes, forward and backward, as in torch (threshold_backward)
         self._mask = mask
         if self.inplace:
             np.maximum(x, 0, out=x)

@@ -34,9 +34,11 @@ class Conv2d(Module):
         if not isinstance(groups, (int, np.integer)) or groups <= 0:
             raise ValueError(f"groups must be a positive integer, got {groups!r}")
         if in_channels % groups != 0:
-            raise ValueError("in_channels must be divisible by groups")
+            raise ValueError(f"in_channels must be divisible by groups (in_channels={in_channels}, "
+                             f"groups={groups})")
         if out_channels % groups != 0:
-            raise ValueError("out_channels must be divisible by groups")
+            raise ValueError(f"out_channels must be divisible by groups (out_channels={out_channels}, "
+                             f"groups={groups})")
         if padding_mode != "zeros":
             raise ValueError(f"padding_mode {padding_mode!r} is not supported by syncnorm's Conv2d "
                              "(only 'zeros')")
@@ -53,7 +55,8 @@ class Conv2d(Module):
                                  "{'valid', 'same'}")
             if padding == "same":
                 if self.stride != (1, 1):
-                    raise ValueError("padding='same' is not supported for strided convolutions")
+                    raise ValueError("padding='same' is not supported for strided convolutions (got "
+                                     f"stride={self.stride}); give the padding as numbers")
                 total = [d * (k - 1) for d, k in zip(self.dilation, self.kernel_size)]
                 if any(t % 2 for t in total):
                     raise ValueError("padding='same' needs an even total padding "

@@ -119,7 +119,7 @@ def set_dropout_keys(module: Module, sample_ids: Sequence[int] | np.ndarray, ste
     indices, say); keys are used once, by the next forward."""
     ids = np.asarray(sample_ids, dtype=np.int64).reshape(-1)
     if ids.size and ids.min() < 0:
-        raise ValueError("set_dropout_keys: sample ids must be >= 0")
+        raise ValueError(f"set_dropout_keys: sample ids must be >= 0, got {int(ids.min())}")
     if step < 0 or seed < 0:
         raise ValueError(f"set_dropout_keys: step and seed must be >= 0, got {step} and {seed}")
     n = 0

@@ -27,7 +27,9 @@ class Flatten(Module):
             raise IndexError(f"Flatten: dimension out of range (start_dim={self.start_dim}, "
                              f"end_dim={self.end_dim}) for input of shape {tuple(x.shape)}")
         if s > e:
-            raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim")
+            raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim "
+                               f"(start_dim={self.start_dim}, end_dim={self.end_dim}, input of shape "
+                               f"{tuple(x.shape)})")
         self._shape = x.shape
         if x.ndim == 0:
             return x.reshape(1)

@@ -60,7 +60,8 @@ def calculate_gain(nonlinearity: str, param: float | None = None) -> float:
 def calculate_fan_in_and_fan_out(shape: tuple[int, ...]) -> tuple[int, int]:
     """fan_in = shape[1] * receptive field, fan_out = shape[0] * receptive field (torch's rule)."""
     if len(shape) < 2:
-        raise ValueError("Fan in and fan out can not be computed for tensor with fewer than 2 dimensions")
+        raise ValueError("Fan in and fan out can not be computed for tensor with fewer than 2 dimensions "
+                         f"(got shape {tuple(shape)})")
     receptive = 1
     for s in shape[2:]:
         receptive *= s

@@ -153,7 +153,7 @@ class Module:
 
     def train(self, mode: bool = True) -> Module:
         if not isinstance(mode, bool):
-            raise ValueError("training mode is expected to be boolean")
+            raise ValueError(f"training mode is expected to be boolean, got {type(mode).__name__} {mode!r}")
         for m in self.modules():
             object.__setattr__(m, "training", mode)
         return self
