@@ -112,6 +112,40 @@ def test_large_mean_accuracy_float32(make, ref):
     assert err <= 1e-4, f"max |error| {err:.3g}"
 
 
+@pytest.mark.parametrize("make,shape", [
+    (lambda dt: nn.InstanceNorm2d(4, affine=True, dtype=dt), (3, 4, 20, 30)),
+    (lambda dt: nn.GroupNorm(2, 4, dtype=dt), (3, 4, 20, 30)),
+    (lambda dt: nn.LayerNorm([4, 20, 30], dtype=dt), (3, 4, 20, 30)),
+    (lambda dt: nn.LayerNorm(30, dtype=dt), (3, 4, 20, 30)),
+], ids=["InstanceNorm2d", "GroupNorm", "LayerNorm_long_rows", "LayerNorm_short_rows"])
+@pytest.mark.parametrize("mean,std", [(1000.0, 0.01), (3.0, 1.0), (-1e4, 1.0)])
+def test_float32_gradients_at_large_means(make, shape, mean, std):
+    """Input and weight gradients of float32 layers agree with float64 ones to ~1e-6 relative,
+    on both sides of the |mean| <= 4 std fold (at mean 1000, std 0.01 the fold would lose 1e-3)."""
+    x = _rand(shape, mean, std, np.float32)
+    dy = _rand(shape, 0.0, 1.0, np.float32)
+    m32, m64 = make(np.float32), make(np.float64)
+    w = RNG.uniform(0.5, 1.5, m32.weight.shape).astype(np.float32)
+    m32.weight.data[...], m64.weight.data[...] = w, w
+    _, dx32 = _run(m32, x, dy)
+    _, dx64 = _run(m64, x.astype(np.float64), dy.astype(np.float64))
+    assert np.abs(dx32 - dx64).max() <= 5e-6 * np.abs(dx64).max()
+    g64 = m64.weight.grad
+    assert np.abs(m32.weight.grad - g64).max() <= 5e-6 * np.abs(g64).max()
+    assert np.abs(m32.bias.grad - m64.bias.grad).max() <= 5e-6 * np.abs(m64.bias.grad).max()
+
+
+def test_row_statistics_survive_an_outlier_first_value():
+    """row_stats shifts each row by its first value. Being a member of the row, that value is
+    within sqrt(M) standard deviations of the mean, so the float64 shifted sums cancel at most a
+    factor M even when it is an extreme outlier (a farther shift would be caught by
+    moments.poorly_shifted and the row summed again)."""
+    x = _rand((3, 5000), 0.0, 1.0)
+    x[:, 0] = [1e7, -3e6, 0.5]
+    y = nn.LayerNorm(5000, elementwise_affine=False, dtype=np.float64)(x)
+    np.testing.assert_allclose(y, layer_norm_ref(x, 1, None, None, 1e-5), rtol=0, atol=1e-10)
+
+
 def test_statistics_are_float64_for_float16_rows_of_many_values():
     # 2**14 float16 values near 100: a float16 running sum would lose the spread entirely
     x = (100 + RNG.normal(0, 0.5, (2, 1, 1 << 14))).astype(np.float16)

@@ -94,8 +94,10 @@ def test_group_norm_blocked_against_formula(shape, G):
 
 
 @pytest.mark.parametrize("shape,k", [((6, 70, 80), 1), ((2, 3, BLOCK_ELEMS // 3 + 7), 2),
-                                     ((5000, 12), 1), ((3, 4, 5), 3)])
+                                     ((5000, 12), 1), ((3, 4, 5), 3), ((11, 70001), 1),
+                                     ((2, 9, 3, 40000), 2)])
 def test_layer_norm_blocked_against_formula(shape, k):
+    """Rows shorter than a block, and rows longer than one (pieces of up to 8 rows)."""
     rng = np.random.default_rng(2)
     m = nn.LayerNorm(shape[len(shape) - k:], dtype=F64)
     _randomize(m, rng)

@@ -5,20 +5,21 @@ Statistics: each of these layers normalizes the rows of a contiguous (R, M) view
     GroupNorm     (N, C, *S), G groups  rows (n, g),  M = C/G * prod(S)
     LayerNorm     (*B, *normalized)     rows b,       M = prod(normalized)
 and `row_stats` gets the rows' mean and biased variance from `moments.moments` on the (1, R, M) view
-(shifted by each row's first value, so the float64 combination cancels nothing; a far outlier as
-first value is caught by `moments.poorly_shifted` and the rows are summed again about their mean).
+(shifted by each row's first value, so the float64 combination cancels at most a factor M).
 
-Elementwise passes, in the working dtype (float32 for float16 input), two layouts:
+Elementwise passes run in the working dtype (float32 for float16 input) over cache-sized blocks,
+with batch_norm's large-mean split (x - mean = (x - hi) - lo, hi the mean rounded to the working
+dtype; or the fold x * a - mean * a when |mean| <= FOLD_LIMIT * std). Two layouts:
 
-* per-channel parameters (InstanceNorm, GroupNorm): the weight and bias are constant over the
-  spatial positions, so with the per-(n, g) statistics repeated for the channels of each group the
-  whole layer is BatchNorm's per-row arithmetic on the (1, N*C, S) view: forward is
-  `batch_norm.normalize`, the backward sums are `batch_norm.backward_reduce`, and the input gradient
-  is the per-row affine `batch_norm._affine` (dx = k*dy + (x - hi)*a + c), all with the
-  large-mean-accurate (x - hi) - lo split.
-* per-element parameters (LayerNorm): the weight and bias vary along the row; blocks of rows (or
-  of one long row) are normalized with `batch_norm.normalize` and the affine is applied while the
-  block is in cache.
+* per-channel parameters (InstanceNorm, GroupNorm): weight and bias are constant over the
+  positions, so with the per-(n, g) statistics repeated for the channels of each group the forward
+  is `batch_norm.normalize` on the (1, N*C, S) view. Backward: the per-(n, c) sums of dy and
+  dy * (x - mean) (`row_sums`: two BLAS products per block, or `batch_norm.backward_reduce` about
+  hi at large means), then dx = k*dy + (x - mean)*a + c with `batch_norm._affine` (InstanceNorm)
+  or `_group_affine` (GroupNorm: the group terms on the long group rows, only k*dy per channel).
+* per-element parameters (LayerNorm): weight and bias vary along the row; `element_forward` and
+  `element_backward` run over blocks of whole rows, or of pieces of a few long rows, with BLAS
+  products for the row and column sums.
 
 Backward, for one row with M values, xhat = (x - mean) * invstd, gy = dy * weight:
     dx = invstd * (gy - sum(gy)/M - xhat * sum(gy * xhat)/M)
@@ -28,22 +29,76 @@ from __future__ import annotations
 
 import numpy as np
 
-from .batch_norm import _affine, _foldable, _split, backward_reduce, normalize
+from .batch_norm import _affine, _foldable, _split, backward_reduce, eval_backward, normalize
 from .moments import BLOCK_ELEMS, mean_var, moments, poorly_shifted, work_dtype
 
-__all__ = ["row_stats", "channel_forward", "channel_backward", "element_forward",
+__all__ = ["row_stats", "row_sums", "channel_forward", "channel_backward", "element_forward",
            "element_backward", "elem_blocks"]
+
+#: elements per block of the LayerNorm passes (four float32 operands of this size fit in L2)
+ELEM_BLOCK = 1 << 16
+#: rows per block when a row is longer than a block (few inner loops per numpy call)
+LONG_ROW_BLOCK_ROWS = 8
+#: column sums are kept in the working dtype over at most this many blocks, then added in float64
+FLUSH_BLOCKS = 8
+
+_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0: one BLAS dot per row
+
+
+def _rowdot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    if _VECDOT is not None:
+        _VECDOT(a, b, out=out)
+    else:
+        np.einsum("ij,ij->i", a, b, out=out)
 
 
 def row_stats(rows3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and biased variance (float64, shape (R,)) of each row of `rows3` = (1, R, M), M > 0."""
+    """Mean and biased variance (float64, shape (R,)) of each row of `rows3` = (1, R, M), M > 0.
+
+    The shift of each row is its first value: a member of the row lies within sqrt(M) standard
+    deviations of the mean, so the float64 shifted sums cancel at most a factor M (the re-sum
+    about the mean for a poorly shifted row can only trigger for rows of more than 1e8 values).
+    """
     R, M = rows3.shape[1], rows3.shape[2]
-    shift = rows3[0, :, 0].astype(np.float64) if R and M else np.zeros(R)
+    shift = rows3[0, :, 0].astype(np.float64)
     n, s1, s2 = moments(rows3, shift)
     if poorly_shifted(n, s1, s2):
         shift = shift + s1 / n
         n, s1, s2 = moments(rows3, shift)
     return mean_var(n, s1, s2, shift)
+
+
+def row_sums(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(sum(dy), sum(dy * (x - mean))) of each row of (R, S) arrays, float64 (R,).
+
+    When every |mean| <= FOLD_LIMIT * std (`batch_norm._foldable`) the second sum is
+    dy . x - mean * sum(dy): two BLAS products per block of rows in the working dtype (dy . x
+    then cancels at most a few units); otherwise `batch_norm.backward_reduce` sums about the
+    rounded mean.
+    """
+    R, S = x2.shape
+    wd = work_dtype(x2.dtype)
+    hi, _ = _split(mean, wd)
+    if not _foldable(hi.astype(np.float64), invstd) or S < 16:
+        return backward_reduce(dy2[None], x2[None], mean)
+    g = np.empty(R, wd)
+    h = np.empty(R, wd)
+    ones = np.ones(S, wd)
+    step = max(1, ELEM_BLOCK // S)
+    conv = x2.dtype != wd
+    bx = np.empty((min(R, step), S), wd) if conv else None
+    bd = np.empty((min(R, step), S), wd) if conv else None
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        xs, ds = x2[r0:r1], dy2[r0:r1]
+        if conv:
+            xs = np.multiply(xs, 1, out=bx[:r1 - r0], dtype=wd)
+            ds = np.multiply(ds, 1, out=bd[:r1 - r0], dtype=wd)
+        np.matmul(ds, ones, out=g[r0:r1])
+        _rowdot(ds, xs, out=h[r0:r1])
+    g64 = g.astype(np.float64)
+    return g64, h.astype(np.float64) - mean * g64
 
 
 # --------------------------------------------------------------------- per-channel parameters
@@ -80,63 +135,122 @@ def channel_backward(dy3: np.ndarray, x3: np.ndarray, groups: int, mean: np.ndar
     N, C, S = x3.shape
     cg = C // groups
     M = cg * S
-    dx = np.empty(x3.shape, x3.dtype)
     if N * C * S == 0:
-        return dx, np.zeros(C), np.zeros(C)
-    rows, dyrows, dxrows = (a.reshape(1, N * C, S) for a in (x3, dy3, dx))
+        return np.empty(x3.shape, x3.dtype), np.zeros(C), np.zeros(C)
+    rows, dyrows = x3.reshape(N * C, S), dy3.reshape(N * C, S)
     mean_r = np.repeat(mean, cg)
     inv_r = np.repeat(invstd, cg)
-    t1, t2 = backward_reduce(dyrows, rows, mean_r)  # per (n, c): sum dy, sum dy * (x - mean)
+    t1, t2 = row_sums(dyrows, rows, mean_r, inv_r)  # per (n, c): sum dy, sum dy * (x - mean)
     dbias = t1.reshape(N, C).sum(axis=0)
     dweight = (t2 * inv_r).reshape(N, C).sum(axis=0)
     w_r = np.ones(N * C) if weight is None else _per_channel_rows(weight, N)
     k = inv_r * w_r
-    hi, lo = _split(mean_r, work_dtype(x3.dtype))
-    hi = hi.astype(np.float64)
-    if batch_stats:
-        sg = (w_r * t1).reshape(N * groups, cg).sum(axis=1)  # sum of gy per group
-        hg = (w_r * t2).reshape(N * groups, cg).sum(axis=1)  # sum of gy * (x - mean) per group
-        e = np.repeat(invstd ** 3 * hg / M, cg)
-        f = np.repeat(invstd * sg / M, cg)
-        # dx = k*dy - e*(x - mean) - f = k*dy - e*(x - hi) + (e*lo - f)
-        a, c = -e, e * lo - f
+    if not batch_stats:
+        return eval_backward(dyrows[None], k, None).reshape(x3.shape), dweight, dbias
+    sg = (w_r * t1).reshape(N * groups, cg).sum(axis=1)  # sum of gy per group
+    hg = (w_r * t2).reshape(N * groups, cg).sum(axis=1)  # sum of gy * (x - mean) per group
+    e = invstd ** 3 * hg / M
+    f = invstd * sg / M
+    # dx = k*dy - e*(x - mean) - f = k*dy - e*(x - hi) + (e*lo - f)
+    dx = np.empty(x3.shape, x3.dtype)
+    if cg == 1:
+        hi, lo = _split(mean, work_dtype(x3.dtype))
+        hi = hi.astype(np.float64)
+        _affine(dx.reshape(1, N * C, S), rows[None], hi, -e, e * lo - f, _foldable(hi, invstd),
+                dyrows[None], k)
     else:
-        a, c = np.zeros(N * C), np.zeros(N * C)
-    _affine(dxrows, rows, hi, a, c, batch_stats and _foldable(hi, inv_r), dyrows, k)
+        _group_affine(dx.reshape(N * groups, M), x3.reshape(N * groups, M),
+                      dy3.reshape(N * groups, M), mean, -e, -f, k.reshape(N * groups, cg),
+                      invstd)
     return dx, dweight, dbias
 
 
+def _group_affine(out: np.ndarray, x: np.ndarray, dy: np.ndarray, mean: np.ndarray,
+                  a: np.ndarray, c: np.ndarray, k: np.ndarray, invstd: np.ndarray) -> None:
+    """out = (x - mean) * a + c + dy * k for (R, M) group rows: mean, a, c per group row (R,),
+    k per channel (R, cg) over the M/cg positions of each channel. The group terms run on the long
+    group rows, only dy * k on channel rows (numpy's per-row overhead grows with the row count).
+    Same large-mean split as `batch_norm._affine`."""
+    R, M = x.shape
+    cg = k.shape[1]
+    S = M // cg
+    wd = work_dtype(x.dtype)
+    hi, lo = _split(mean, wd)
+    hi64 = hi.astype(np.float64)
+    fold = _foldable(hi64, invstd)
+    cc = c - (mean if fold else lo) * a  # x - mean = (x - hi) - lo, or the fold x * a - mean * a
+    A, Cc, H = a.astype(wd)[:, None], cc.astype(wd)[:, None], hi[:, None]
+    Kc = k.astype(wd).reshape(R * cg, 1)
+    step = max(1, BLOCK_ELEMS // M)
+    direct = out.dtype == wd
+    t = np.empty((min(R, step), M), wd)
+    o2 = None if direct else np.empty((min(R, step), M), wd)
+    for r0 in range(0, R, step):
+        r1 = min(R, r0 + step)
+        xs, tt = x[r0:r1], t[:r1 - r0]
+        o = out[r0:r1] if direct else o2[:r1 - r0]
+        np.multiply(dy[r0:r1].reshape(-1, S), Kc[r0 * cg:r1 * cg], out=o.reshape(-1, S), dtype=wd)
+        if fold:
+            np.multiply(xs, A[r0:r1], out=tt, dtype=wd)
+        else:
+            np.subtract(xs, H[r0:r1], out=tt, dtype=wd)
+            tt *= A[r0:r1]
+        tt += Cc[r0:r1]
+        o += tt
+        if not direct:
+            out[r0:r1] = o
+
+
 # --------------------------------------------------------------------- per-element parameters
-def elem_blocks(R: int, D: int, block: int = BLOCK_ELEMS):
+def _rows_per_block(R: int, D: int, block: int) -> int:
+    return max(1, block // max(1, D)) if D <= block else max(1, min(R, LONG_ROW_BLOCK_ROWS))
+
+
+def elem_blocks(R: int, D: int, block: int | None = None):
     """Yield (r0, r1, d0, d1) blocks of about `block` elements of an (R, D) array: whole rows when
-    a row is shorter than a block, else pieces of one row."""
-    if D >= block:
-        for r in range(R):
-            for d0 in range(0, D, block):
-                yield r, r + 1, d0, min(D, d0 + block)
-    else:
-        step = max(1, block // max(1, D))
-        for r0 in range(0, R, step):
-            yield r0, min(R, r0 + step), 0, D
+    a row is shorter than a block, else pieces of up to LONG_ROW_BLOCK_ROWS rows."""
+    block = block or ELEM_BLOCK
+    rstep = _rows_per_block(R, D, block)
+    dstep = max(1, D) if D <= block else max(1, block // rstep)
+    for d0 in range(0, D, dstep):
+        for r0 in range(0, R, rstep):
+            yield r0, min(R, r0 + rstep), d0, min(D, d0 + dstep)
+
+
+def _col(v: np.ndarray, wd: np.dtype) -> np.ndarray:
+    return v.astype(wd)[:, None]
 
 
 def element_forward(x2: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
                     weight: np.ndarray | None, bias: np.ndarray | None) -> np.ndarray:
-    """y = (x - mean[r]) * invstd[r] * weight[d] + bias[d] for x2 (R, D); returns x2's dtype."""
+    """y = (x - mean[r]) * invstd[r] * weight[d] + bias[d] for x2 (R, D); returns x2's dtype.
+
+    One pass over blocks in cache: (x - hi) * invstd + (-lo * invstd) (or the fold
+    x * invstd - mean * invstd when |mean| <= FOLD_LIMIT * std), then * weight, + bias.
+    """
     R, D = x2.shape
     y = np.empty(x2.shape, x2.dtype)
     if y.size == 0:
         return y
-    if weight is None and bias is None:
-        normalize(x2[None], mean, invstd, None, None, out3=y[None])
-        return y
     wd = work_dtype(x2.dtype)
+    hi, lo = _split(mean, wd)
+    fold = _foldable(hi.astype(np.float64), invstd)
+    a = _col(invstd, wd)
+    c = _col((-mean if fold else -lo) * invstd, wd)
+    hic = hi[:, None]
     w = None if weight is None else np.asarray(weight).astype(wd)
     b = None if bias is None else np.asarray(bias).astype(wd)
     direct = y.dtype == wd
+    buf = None if direct else np.empty(min(R * D, ELEM_BLOCK), wd)
     for r0, r1, d0, d1 in elem_blocks(R, D):
-        o = y[r0:r1, d0:d1] if direct else np.empty((r1 - r0, d1 - d0), wd)
-        normalize(x2[None, r0:r1, d0:d1], mean[r0:r1], invstd[r0:r1], None, None, out3=o[None])
+        xs = x2[r0:r1, d0:d1]
+        o = y[r0:r1, d0:d1] if direct else buf[:xs.size].reshape(xs.shape)
+        if fold:
+            np.multiply(xs, a[r0:r1], out=o, dtype=wd)
+        else:
+            np.subtract(xs, hic[r0:r1], out=o, dtype=wd)
+            o *= a[r0:r1]
+        o += c[r0:r1]
         if w is not None:
             o *= w[d0:d1]
         if b is not None:
@@ -150,9 +264,13 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
                      weight: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Gradients of `element_forward`: (dx (R, D) in x2's dtype, dweight (D,), dbias (D,)).
 
-    Pass 1 (blocks in cache): per row g = sum(gy), h = sum(gy * (x - hi)), and the column sums
-    dweight = sum_r invstd[r] * dy * (x - mean[r]), dbias = sum_r dy (BLAS in the working dtype
-    within a block, float64 across blocks). Pass 2: dx with `batch_norm._affine`.
+    Pass 1, BLAS products per block in the working dtype (float64 across every FLUSH_BLOCKS
+    blocks), with
+    t = dy * (x - m): per row g = dy @ weight, h = t @ weight; per column
+    dweight = invstd @ t - ((mean - m) * invstd) @ dy and dbias = ones @ dy. m is the rounded mean
+    hi (exact), or 0 when |mean| <= FOLD_LIMIT * std (one pass less; cancels a few units at most).
+    Pass 2: dx = invstd * (gy + (x - mean) * a + c), gy = dy * weight, a = -invstd^2 * h' / D,
+    c = -g / D with h' = sum(gy * (x - mean)).
     """
     R, D = x2.shape
     dx = np.empty(x2.shape, x2.dtype)
@@ -160,43 +278,79 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
         return dx, np.zeros(D), np.zeros(D)
     wd = work_dtype(x2.dtype)
     hi, lo = _split(mean, wd)
-    hi_w = hi[:, None]
+    fold = _foldable(hi.astype(np.float64), invstd)
+    centre = np.zeros(R) if fold else hi.astype(np.float64)  # m
+    hic = hi[:, None]
     w = None if weight is None else np.asarray(weight).astype(wd)
     g = np.zeros(R)
     h = np.zeros(R)
     dweight = np.zeros(D)
     dbias = np.zeros(D)
     inv_w = invstd.astype(wd)
-    loinv_w = (lo * invstd).astype(wd)
-    tmp = np.empty(min(R * D, BLOCK_ELEMS), wd)  # every block of elem_blocks fits
+    # rows of [ones; (mean - m) * invstd] for the column sums of dy
+    v3 = np.stack([np.ones(R), (mean - centre) * invstd]).astype(wd)
+    rb = _rows_per_block(R, D, ELEM_BLOCK)
+    n = min(R * D, ELEM_BLOCK if D <= ELEM_BLOCK else rb * max(1, ELEM_BLOCK // rb))
+    buf1, buf2 = np.empty(n, wd), np.empty(n, wd)
+    dc = min(D, n)
+    cs = np.empty((3, dc), wd)  # this block's [invstd @ t; ones @ dy; v @ dy]
+    acc = np.zeros((3, dc), wd)  # the same summed over a few blocks of one column range
+    span, pending = (0, 0), 0
+
+    def flush() -> None:
+        a0, a1 = span
+        dweight[a0:a1] += acc[0, :a1 - a0]
+        dweight[a0:a1] -= acc[2, :a1 - a0]
+        dbias[a0:a1] += acc[1, :a1 - a0]
+        acc[...] = 0
+
     for r0, r1, d0, d1 in elem_blocks(R, D):
+        if (d0, d1) != span or pending == FLUSH_BLOCKS:
+            flush()
+            span, pending = (d0, d1), 0
         xs, ds = x2[r0:r1, d0:d1], dy2[r0:r1, d0:d1]
+        t = buf1[:xs.size].reshape(xs.shape)
         if ds.dtype != wd:
-            ds = ds.astype(wd)
-        t = tmp[:(r1 - r0) * (d1 - d0)].reshape(r1 - r0, d1 - d0)
-        np.subtract(xs, hi_w[r0:r1], out=t, dtype=wd)
-        t *= ds  # dy * (x - hi)
+            ds = np.multiply(ds, 1, out=buf2[:ds.size].reshape(ds.shape), dtype=wd)
+        if fold:
+            np.multiply(xs, ds, out=t, dtype=wd)
+        else:
+            np.subtract(xs, hic[r0:r1], out=t, dtype=wd)
+            t *= ds
         if w is None:
             g[r0:r1] += ds.sum(axis=1)
             h[r0:r1] += t.sum(axis=1)
         else:
             g[r0:r1] += ds @ w[d0:d1]
             h[r0:r1] += t @ w[d0:d1]
-        dweight[d0:d1] += inv_w[r0:r1] @ t
-        dweight[d0:d1] -= loinv_w[r0:r1] @ ds
-        dbias[d0:d1] += ds.sum(axis=0)
-    h -= lo * g  # sum(gy * (x - mean))
-    # dx = invstd * (gy - g/D - (x - mean) * invstd^2 * h/D), x - mean = (x - hi) - lo
-    e = invstd ** 3 * h / D
-    a, c = -e, e * lo - invstd * g / D
-    fold = _foldable(hi.astype(np.float64), invstd)
-    hi64 = hi.astype(np.float64)
+        c = cs[:, :d1 - d0]
+        np.matmul(inv_w[r0:r1], t, out=c[0])
+        np.matmul(v3[:, r0:r1], ds, out=c[1:])
+        acc[:, :d1 - d0] += c
+        pending += 1
+    flush()
+    h -= (mean - centre) * g  # sum(gy * (x - mean))
+    # dx = invstd * (gy + (x - mean) * a + c): x - mean = (x - hi) - lo, or folded x * a - mean * a
+    a64 = -invstd ** 2 * h / D
+    c64 = -g / D - (mean if fold else lo) * a64
+    a, c, k = _col(a64, wd), _col(c64, wd), _col(invstd, wd)
+    direct = dx.dtype == wd
     for r0, r1, d0, d1 in elem_blocks(R, D):
-        ds = dy2[r0:r1, d0:d1]
-        if w is not None:
-            gy = tmp[:(r1 - r0) * (d1 - d0)].reshape(r1 - r0, d1 - d0)
-            np.multiply(ds, w[d0:d1], out=gy, dtype=wd)
-            ds = gy
-        _affine(dx[None, r0:r1, d0:d1], x2[None, r0:r1, d0:d1], hi64[r0:r1], a[r0:r1], c[r0:r1],
-                fold, ds[None], invstd[r0:r1])
+        xs, ds = x2[r0:r1, d0:d1], dy2[r0:r1, d0:d1]
+        o = dx[r0:r1, d0:d1] if direct else buf1[:xs.size].reshape(xs.shape)
+        t = buf2[:xs.size].reshape(xs.shape)
+        if w is None:
+            np.multiply(ds, 1, out=o, dtype=wd)
+        else:
+            np.multiply(ds, w[d0:d1], out=o, dtype=wd)
+        if fold:
+            np.multiply(xs, a[r0:r1], out=t, dtype=wd)
+        else:
+            np.subtract(xs, hic[r0:r1], out=t, dtype=wd)
+            t *= a[r0:r1]
+        o += t
+        o += c[r0:r1]
+        o *= k[r0:r1]
+        if not direct:
+            dx[r0:r1, d0:d1] = o
     return dx, dweight, dbias
