@@ -8,6 +8,7 @@ import pytest
 from family_reference import (check_gradients, group_norm_ref, instance_norm_ref, layer_norm_ref,
                               lrn_ref, row_backward_ref)
 from syncnorm import nn
+from syncnorm.functional import norms
 from syncnorm.functional.moments import BLOCK_ELEMS
 
 F64 = np.float64
@@ -93,11 +94,15 @@ def test_group_norm_blocked_against_formula(shape, G):
     np.testing.assert_allclose(g["bias"], dy.sum(axis=axes), rtol=1e-11, atol=1e-10)
 
 
+@pytest.mark.parametrize("block", [None, 4096], ids=["default_blocks", "small_blocks"])
 @pytest.mark.parametrize("shape,k", [((6, 70, 80), 1), ((2, 3, BLOCK_ELEMS // 3 + 7), 2),
-                                     ((5000, 12), 1), ((3, 4, 5), 3), ((11, 70001), 1),
-                                     ((2, 9, 3, 40000), 2)])
-def test_layer_norm_blocked_against_formula(shape, k):
-    """Rows shorter than a block, and rows longer than one (pieces of up to 8 rows)."""
+                                     ((5000, 12), 1), ((3, 4, 5), 3), ((11, 7001), 1),
+                                     ((2, 9, 3, 4000), 2)])
+def test_layer_norm_blocked_against_formula(shape, k, block, monkeypatch):
+    """Rows shorter than a block, and rows longer than one (pieces of up to 8 rows): with the
+    default block and with a small one, so that both layouts meet every shape."""
+    if block is not None:
+        monkeypatch.setattr(norms, "ELEM_BLOCK", block)
     rng = np.random.default_rng(2)
     m = nn.LayerNorm(shape[len(shape) - k:], dtype=F64)
     _randomize(m, rng)
@@ -141,3 +146,20 @@ def test_lrn_blocked_against_formula(shape, size):
     num = (np.sum(lrn_ref(x + h * v, size, 0.1, 0.75, 1.0) * dy)
            - np.sum(lrn_ref(x - h * v, size, 0.1, 0.75, 1.0) * dy)) / (2 * h)
     assert abs(num - np.sum(dx * v)) <= 1e-6 * max(1.0, abs(num))
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float16, 3e-3), (np.float32, 3e-6)])
+def test_layer_norm_low_precision_long_rows(dtype, tol, monkeypatch):
+    """The converting (float16) and direct (float32) paths of the long-row layout."""
+    monkeypatch.setattr(norms, "ELEM_BLOCK", 4096)
+    rng = np.random.default_rng(5)
+    x = rng.normal(1.0, 2.0, (11, 7001)).astype(dtype)
+    dy = rng.normal(0, 1, x.shape).astype(dtype)
+    m, m64 = nn.LayerNorm(7001), nn.LayerNorm(7001, dtype=F64)
+    _randomize(m, rng)
+    m64.weight.data[...], m64.bias.data[...] = m.weight.data, m.bias.data
+    y, dx, g = _fwd_bwd(m, x, dy)
+    y64, dx64, g64 = _fwd_bwd(m64, x.astype(F64), dy.astype(F64))
+    assert y.dtype == dtype and dx.dtype == dtype
+    for a, b in ((y, y64), (dx, dx64), (g["weight"], g64["weight"]), (g["bias"], g64["bias"])):
+        assert np.abs(a.astype(F64) - b).max() <= tol * max(1.0, np.abs(b).max())

@@ -14,9 +14,8 @@ dtype; or the fold x * a - mean * a when |mean| <= FOLD_LIMIT * std). Two layout
 * per-channel parameters (InstanceNorm, GroupNorm): weight and bias are constant over the
   positions, so with the per-(n, g) statistics repeated for the channels of each group the forward
   is `batch_norm.normalize` on the (1, N*C, S) view. Backward: the per-(n, c) sums of dy and
-  dy * (x - mean) (`row_sums`: two BLAS products per block, or `batch_norm.backward_reduce` about
-  hi at large means), then dx = k*dy + (x - mean)*a + c with `batch_norm._affine` (InstanceNorm)
-  or `_group_affine` (GroupNorm: the group terms on the long group rows, only k*dy per channel).
+  dy * (x - mean) from `batch_norm.backward_reduce` (two BLAS products per block), then
+  dx = k*dy + (x - mean)*a + c with `batch_norm._affine` (k per channel, a and c per group).
 * per-element parameters (LayerNorm): weight and bias vary along the row; `element_forward` and
   `element_backward` run over blocks of whole rows, or of pieces of a few long rows, with BLAS
   products for the row and column sums.
@@ -29,28 +28,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from .batch_norm import _affine, _foldable, _split, backward_reduce, eval_backward, normalize
+from .batch_norm import (_affine, _foldable, _split, _unbuffered, backward_reduce, eval_backward,
+                         normalize)
 from .moments import BLOCK_ELEMS, mean_var, moments, poorly_shifted, work_dtype
 
-__all__ = ["row_stats", "row_sums", "channel_forward", "channel_backward", "element_forward",
+__all__ = ["row_stats", "channel_forward", "channel_backward", "element_forward",
            "element_backward", "elem_blocks"]
 
-#: elements per block of the LayerNorm passes (four float32 operands of this size fit in L2)
-ELEM_BLOCK = 1 << 16
+#: elements per block of the LayerNorm passes (512 KiB of float32: measured best on the test machine)
+ELEM_BLOCK = 1 << 17
 #: rows per block when a row is longer than a block (few inner loops per numpy call)
 LONG_ROW_BLOCK_ROWS = 8
 #: column sums are kept in the working dtype over at most this many blocks, then added in float64
 FLUSH_BLOCKS = 8
-
-_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0: one BLAS dot per row
-
-
-def _rowdot(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    if _VECDOT is not None:
-        _VECDOT(a, b, out=out)
-    else:
-        np.einsum("ij,ij->i", a, b, out=out)
-
 
 def row_stats(rows3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and biased variance (float64, shape (R,)) of each row of `rows3` = (1, R, M), M > 0.
@@ -66,39 +56,6 @@ def row_stats(rows3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         shift = shift + s1 / n
         n, s1, s2 = moments(rows3, shift)
     return mean_var(n, s1, s2, shift)
-
-
-def row_sums(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(sum(dy), sum(dy * (x - mean))) of each row of (R, S) arrays, float64 (R,).
-
-    When every |mean| <= FOLD_LIMIT * std (`batch_norm._foldable`) the second sum is
-    dy . x - mean * sum(dy): two BLAS products per block of rows in the working dtype (dy . x
-    then cancels at most a few units); otherwise `batch_norm.backward_reduce` sums about the
-    rounded mean.
-    """
-    R, S = x2.shape
-    wd = work_dtype(x2.dtype)
-    hi, _ = _split(mean, wd)
-    if not _foldable(hi.astype(np.float64), invstd) or S < 16:
-        return backward_reduce(dy2[None], x2[None], mean)
-    g = np.empty(R, wd)
-    h = np.empty(R, wd)
-    ones = np.ones(S, wd)
-    step = max(1, ELEM_BLOCK // S)
-    conv = x2.dtype != wd
-    bx = np.empty((min(R, step), S), wd) if conv else None
-    bd = np.empty((min(R, step), S), wd) if conv else None
-    for r0 in range(0, R, step):
-        r1 = min(R, r0 + step)
-        xs, ds = x2[r0:r1], dy2[r0:r1]
-        if conv:
-            xs = np.multiply(xs, 1, out=bx[:r1 - r0], dtype=wd)
-            ds = np.multiply(ds, 1, out=bd[:r1 - r0], dtype=wd)
-        np.matmul(ds, ones, out=g[r0:r1])
-        _rowdot(ds, xs, out=h[r0:r1])
-    g64 = g.astype(np.float64)
-    return g64, h.astype(np.float64) - mean * g64
 
 
 # --------------------------------------------------------------------- per-channel parameters
@@ -140,7 +97,8 @@ def channel_backward(dy3: np.ndarray, x3: np.ndarray, groups: int, mean: np.ndar
     rows, dyrows = x3.reshape(N * C, S), dy3.reshape(N * C, S)
     mean_r = np.repeat(mean, cg)
     inv_r = np.repeat(invstd, cg)
-    t1, t2 = row_sums(dyrows, rows, mean_r, inv_r)  # per (n, c): sum dy, sum dy * (x - mean)
+    # per (n, c): sum dy, sum dy * (x - mean)
+    t1, t2 = backward_reduce(dyrows[None], rows[None], mean_r, inv_r)
     dbias = t1.reshape(N, C).sum(axis=0)
     dweight = (t2 * inv_r).reshape(N, C).sum(axis=0)
     w_r = np.ones(N * C) if weight is None else _per_channel_rows(weight, N)
@@ -153,57 +111,22 @@ def channel_backward(dy3: np.ndarray, x3: np.ndarray, groups: int, mean: np.ndar
     f = invstd * sg / M
     # dx = k*dy - e*(x - mean) - f = k*dy - e*(x - hi) + (e*lo - f)
     dx = np.empty(x3.shape, x3.dtype)
-    if cg == 1:
-        hi, lo = _split(mean, work_dtype(x3.dtype))
-        hi = hi.astype(np.float64)
-        _affine(dx.reshape(1, N * C, S), rows[None], hi, -e, e * lo - f, _foldable(hi, invstd),
-                dyrows[None], k)
-    else:
-        _group_affine(dx.reshape(N * groups, M), x3.reshape(N * groups, M),
-                      dy3.reshape(N * groups, M), mean, -e, -f, k.reshape(N * groups, cg),
-                      invstd)
+    hi, lo = _split(mean_r, work_dtype(x3.dtype))
+    hi = hi.astype(np.float64)
+    e, f = np.repeat(e, cg), np.repeat(f, cg)
+    _affine(dx.reshape(1, N * C, S), rows[None], hi, -e, e * lo - f, _foldable(hi, inv_r),
+            dyrows[None], k)
     return dx, dweight, dbias
-
-
-def _group_affine(out: np.ndarray, x: np.ndarray, dy: np.ndarray, mean: np.ndarray,
-                  a: np.ndarray, c: np.ndarray, k: np.ndarray, invstd: np.ndarray) -> None:
-    """out = (x - mean) * a + c + dy * k for (R, M) group rows: mean, a, c per group row (R,),
-    k per channel (R, cg) over the M/cg positions of each channel. The group terms run on the long
-    group rows, only dy * k on channel rows (numpy's per-row overhead grows with the row count).
-    Same large-mean split as `batch_norm._affine`."""
-    R, M = x.shape
-    cg = k.shape[1]
-    S = M // cg
-    wd = work_dtype(x.dtype)
-    hi, lo = _split(mean, wd)
-    hi64 = hi.astype(np.float64)
-    fold = _foldable(hi64, invstd)
-    cc = c - (mean if fold else lo) * a  # x - mean = (x - hi) - lo, or the fold x * a - mean * a
-    A, Cc, H = a.astype(wd)[:, None], cc.astype(wd)[:, None], hi[:, None]
-    Kc = k.astype(wd).reshape(R * cg, 1)
-    step = max(1, BLOCK_ELEMS // M)
-    direct = out.dtype == wd
-    t = np.empty((min(R, step), M), wd)
-    o2 = None if direct else np.empty((min(R, step), M), wd)
-    for r0 in range(0, R, step):
-        r1 = min(R, r0 + step)
-        xs, tt = x[r0:r1], t[:r1 - r0]
-        o = out[r0:r1] if direct else o2[:r1 - r0]
-        np.multiply(dy[r0:r1].reshape(-1, S), Kc[r0 * cg:r1 * cg], out=o.reshape(-1, S), dtype=wd)
-        if fold:
-            np.multiply(xs, A[r0:r1], out=tt, dtype=wd)
-        else:
-            np.subtract(xs, H[r0:r1], out=tt, dtype=wd)
-            tt *= A[r0:r1]
-        tt += Cc[r0:r1]
-        o += tt
-        if not direct:
-            out[r0:r1] = o
 
 
 # --------------------------------------------------------------------- per-element parameters
 def _rows_per_block(R: int, D: int, block: int) -> int:
     return max(1, block // max(1, D)) if D <= block else max(1, min(R, LONG_ROW_BLOCK_ROWS))
+
+
+def _inner(R: int, D: int) -> int:
+    """Inner-loop length of the operations on `elem_blocks` blocks (for `_unbuffered`)."""
+    return max(1, D) if D <= ELEM_BLOCK else max(1, ELEM_BLOCK // _rows_per_block(R, D, ELEM_BLOCK))
 
 
 def elem_blocks(R: int, D: int, block: int | None = None):
@@ -242,21 +165,22 @@ def element_forward(x2: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
     b = None if bias is None else np.asarray(bias).astype(wd)
     direct = y.dtype == wd
     buf = None if direct else np.empty(min(R * D, ELEM_BLOCK), wd)
-    for r0, r1, d0, d1 in elem_blocks(R, D):
-        xs = x2[r0:r1, d0:d1]
-        o = y[r0:r1, d0:d1] if direct else buf[:xs.size].reshape(xs.shape)
-        if fold:
-            np.multiply(xs, a[r0:r1], out=o, dtype=wd)
-        else:
-            np.subtract(xs, hic[r0:r1], out=o, dtype=wd)
-            o *= a[r0:r1]
-        o += c[r0:r1]
-        if w is not None:
-            o *= w[d0:d1]
-        if b is not None:
-            o += b[d0:d1]
-        if not direct:
-            y[r0:r1, d0:d1] = o
+    with _unbuffered(_inner(R, D) if direct else None):
+        for r0, r1, d0, d1 in elem_blocks(R, D):
+            xs = x2[r0:r1, d0:d1]
+            o = y[r0:r1, d0:d1] if direct else buf[:xs.size].reshape(xs.shape)
+            if fold:
+                np.multiply(xs, a[r0:r1], out=o, dtype=wd)
+            else:
+                np.subtract(xs, hic[r0:r1], out=o, dtype=wd)
+                o *= a[r0:r1]
+            o += c[r0:r1]
+            if w is not None:
+                o *= w[d0:d1]
+            if b is not None:
+                o += b[d0:d1]
+            if not direct:
+                y[r0:r1, d0:d1] = o
     return y
 
 
@@ -335,22 +259,23 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
     c64 = -g / D - (mean if fold else lo) * a64
     a, c, k = _col(a64, wd), _col(c64, wd), _col(invstd, wd)
     direct = dx.dtype == wd
-    for r0, r1, d0, d1 in elem_blocks(R, D):
-        xs, ds = x2[r0:r1, d0:d1], dy2[r0:r1, d0:d1]
-        o = dx[r0:r1, d0:d1] if direct else buf1[:xs.size].reshape(xs.shape)
-        t = buf2[:xs.size].reshape(xs.shape)
-        if w is None:
-            np.multiply(ds, 1, out=o, dtype=wd)
-        else:
-            np.multiply(ds, w[d0:d1], out=o, dtype=wd)
-        if fold:
-            np.multiply(xs, a[r0:r1], out=t, dtype=wd)
-        else:
-            np.subtract(xs, hic[r0:r1], out=t, dtype=wd)
-            t *= a[r0:r1]
-        o += t
-        o += c[r0:r1]
-        o *= k[r0:r1]
-        if not direct:
-            dx[r0:r1, d0:d1] = o
+    with _unbuffered(_inner(R, D) if direct and dy2.dtype == wd else None):
+        for r0, r1, d0, d1 in elem_blocks(R, D):
+            xs, ds = x2[r0:r1, d0:d1], dy2[r0:r1, d0:d1]
+            o = dx[r0:r1, d0:d1] if direct else buf1[:xs.size].reshape(xs.shape)
+            t = buf2[:xs.size].reshape(xs.shape)
+            if w is None:
+                np.multiply(ds, 1, out=o, dtype=wd)
+            else:
+                np.multiply(ds, w[d0:d1], out=o, dtype=wd)
+            if fold:
+                np.multiply(xs, a[r0:r1], out=t, dtype=wd)
+            else:
+                np.subtract(xs, hic[r0:r1], out=t, dtype=wd)
+                t *= a[r0:r1]
+            o += t
+            o += c[r0:r1]
+            o *= k[r0:r1]
+            if not direct:
+                dx[r0:r1, d0:d1] = o
     return dx, dweight, dbias
