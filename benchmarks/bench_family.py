@@ -8,8 +8,9 @@ first alternates between rounds); the figure is the ratio of the two medians, sy
 and the median of that ratio over `--rounds` rounds (their spread shows the noise). Times are the main thread's CPU time (time.thread_time): processes
 competing for the cores do not inflate it, and neither do idle helper threads of torch (whose
 spinning process_time would count against torch); both libraries compute on the main thread.
-`--wall` uses the wall clock instead. `--profile` also times the statistics, the forward and the
-backward of the syncnorm layer separately.
+`--wall` uses the wall clock instead. `--profile` also prints the fastest times of the statistics,
+forward and forward+backward of each layer and of torch, in ms and in units of one numpy
+elementwise pass over the input (the cost floor of an unfused numpy step).
 Needs torch (`pip install syncnorm[torch]`); syncnorm itself does not.
 """
 from __future__ import annotations
@@ -78,35 +79,49 @@ def measure(ours, theirs, x, dy, reps: int, clock,
     return out[id(step_syncnorm)], out[id(step_torch)]
 
 
-def profile(name: str, m, x, dy, reps: int, clock) -> None:
-    """Time the kernels of one syncnorm step separately (same calls as the layer makes)."""
-    from syncnorm.functional import norms
+def _time(f, reps: int, clock) -> float:
+    f()
+    ts = []
+    for _ in range(reps):
+        t = clock()
+        f()
+        ts.append(clock() - t)
+    return float(np.min(ts))
+
+
+def pass_costs(x, dy, reps: int, clock) -> dict[str, float]:
+    """What one numpy pass over the whole input costs (fastest of `reps`): the unit in which the
+    profile counts. Both read x (and dy) from memory and write a fresh array, like the layers."""
+    out = np.empty_like(x)
+    rows = x.reshape(-1, x.shape[-1] * x.shape[-2])
+    ones = np.ones(rows.shape[1], x.dtype)
+    return {"elementwise x * dy -> out": _time(lambda: np.multiply(x, dy, out=out), reps, clock),
+            "BLAS row sums x @ ones": _time(lambda: rows @ ones, reps, clock)}
+
+
+def profile(name: str, m, theirs, x, dy, reps: int, clock, unit: float) -> None:
+    """Fastest times of the parts of one syncnorm step and of torch's forward and backward, also
+    in units of one elementwise pass over the input (`pass_costs`)."""
     from syncnorm.functional.moments import moments
 
     N, C = x.shape[:2]
-    if isinstance(m, nn.LayerNorm):
-        R, M = N, x[0].size
-        rows = x.reshape(1, R, M)
-    else:
-        G = m.num_groups if isinstance(m, nn.GroupNorm) else C
-        R, M = N * G, x[0].size // G
-        rows = x.reshape(1, R, M)
-    m(x)
-    m.backward(dy)
-    parts = {"moments (statistics)": lambda: moments(rows, rows[0, :, 0].astype(np.float64)),
-             "forward (whole layer)": lambda: m(x),
-             "backward (whole layer)": lambda: (m(x), m.backward(dy))}
-    out = {}
-    for label, f in parts.items():
-        ts = []
-        for _ in range(reps):
-            t = clock()
-            f()
-            ts.append(clock() - t)
-        out[label] = float(np.median(ts))
-    out["backward (whole layer)"] -= out["forward (whole layer)"]
-    print(f"  profile {name}: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in out.items()))
-    del norms
+    G = 1 if isinstance(m, nn.LayerNorm) else (m.num_groups if isinstance(m, nn.GroupNorm) else C)
+    rows = x.reshape(1, N * G, x[0].size // G)
+    xt = torch.from_numpy(x).requires_grad_(True)
+    dyt = torch.from_numpy(dy)
+
+    def torch_fwd():
+        with torch.no_grad():
+            theirs(xt)
+
+    parts = {"statistics (moments)": _time(lambda: moments(rows, rows[0, :, 0].astype(np.float64)),
+                                           reps, clock),
+             "forward": _time(lambda: m(x), reps, clock),
+             "forward+backward": _time(lambda: (m(x), m.backward(dy)), reps, clock),
+             "torch forward": _time(torch_fwd, reps, clock),
+             "torch forward+backward": _time(lambda: step_torch(theirs, xt, dyt), reps, clock)}
+    print(f"  profile {name} (fastest, ms and elementwise passes): " + ", ".join(
+        f"{k} {v * 1e3:.2f} ({v / unit:.1f})" for k, v in parts.items()))
 
 
 def main() -> None:
@@ -126,6 +141,11 @@ def main() -> None:
     print(f"float32 input {tuple(args.shape)}, training forward + backward, 1 thread, torch "
           f"{torch.__version__}, numpy {np.__version__}; median of {args.reps} steps per block, "
           f"{args.rounds} rounds, {'wall-clock' if args.wall else 'main-thread CPU'} time")
+    if args.profile:
+        costs = pass_costs(x, dy, args.reps, clock)
+        unit = costs["elementwise x * dy -> out"]
+        print("one pass over the input: " + ", ".join(f"{k} {v * 1e3:.2f} ms"
+                                                     for k, v in costs.items()))
     for name, make_ours, make_theirs in layers(C, (H, W)):
         ours, theirs = make_ours(), make_theirs()
         ratios, all_a, all_b = [], [], []
@@ -140,7 +160,7 @@ def main() -> None:
               f"{min(all_a) / min(all_b):5.2f}x fastest steps ({min(all_a) * 1e3:.1f} ms vs "
               f"{min(all_b) * 1e3:.1f} ms)")
         if args.profile:
-            profile(name, ours, x, dy, max(5, args.reps // 3), clock)
+            profile(name, ours, theirs, x, dy, max(5, args.reps // 2), clock, unit)
 
 
 if __name__ == "__main__":

@@ -187,9 +187,13 @@ class _LazyNormMixin:
 
 # --------------------------------------------------------------------------- LazyBatchNorm
 class _LazyBatchNorm(_LazyNormMixin, _BatchNorm):
+    """Arguments as the concrete BatchNormNd's, without num_features."""
+
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
-                 track_running_stats: bool = True, device: Any = None, dtype: Any = None) -> None:
-        super().__init__(0, eps, momentum, affine, track_running_stats, device, dtype)
+                 track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
+                 check_finite: bool | None = None) -> None:
+        super().__init__(0, eps, momentum, affine, track_running_stats, device, dtype,
+                         check_finite=check_finite)
         self._lazy_setup()
 
     def _channel_dim(self, x: np.ndarray) -> int:
