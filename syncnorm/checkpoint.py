@@ -145,14 +145,13 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, np.ndarra
 
 def _read_all(path: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise CheckpointError(f"{path} is a single .npy array, not a syncnorm checkpoint")
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):  # a plain .npy array
+            raise CheckpointError(f"{path} is a single .npy array, not a syncnorm checkpoint")
+        with z:
             return {k: z[k] for k in z.files}
     except CheckpointError:
         raise
-    except AttributeError:  # np.load returned a plain array (no context manager support)
-        raise CheckpointError(f"{path} is a single .npy array, not a syncnorm checkpoint") from None
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     except ValueError as e:
