@@ -41,6 +41,10 @@ class Optimizer:
             self.add_param_group(g)
 
     def add_param_group(self, group: dict[str, Any]) -> None:
+        """Add a group {"params": [...], hyper-parameter: value, ...}; missing hyper-parameters take the
+        optimizer's defaults. Raises ValueError when a parameter is already in a group and TypeError for
+        anything that is not a Parameter.
+        """
         if not isinstance(group, dict):
             raise TypeError(f"param group must be a dict, got {type(group).__name__}")
         params = group["params"]
@@ -62,6 +66,9 @@ class Optimizer:
         """Validate a group's hyper-parameters (subclasses)."""
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset the `.grad` of every parameter of every group: to None (default), or to zeros in
+        place with `set_to_none=False`.
+        """
         for g in self.param_groups:
             for p in g["params"]:
                 if set_to_none:

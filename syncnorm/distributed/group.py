@@ -30,6 +30,7 @@ class ProcessGroup:
 
     @property
     def is_member(self) -> bool:
+        """True when this process belongs to the group (it has a rank in it)."""
         return self.rank >= 0
 
     def __repr__(self) -> str:

@@ -18,6 +18,7 @@ class ReLU(Module):
         self._mask: np.ndarray | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """max(x, 0) elementwise, any shape and float dtype; NaN passes through as in torch."""
         x = check_float_input(x, "ReLU")
         mask = ~(x <= 0)  # NaN passes, forward and backward, as in torch (threshold_backward)
         self._mask = mask
@@ -27,6 +28,7 @@ class ReLU(Module):
         return np.where(mask, x, x.dtype.type(0))
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output where the forward input was > 0 (or NaN), else 0."""
         if self._mask is None:
             raise no_forward("ReLU")
         mask, self._mask = self._mask, None

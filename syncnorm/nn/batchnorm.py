@@ -257,7 +257,7 @@ class _BatchNorm(_NormBase):
 
 
 class BatchNorm1d(_BatchNorm):
-    """BatchNorm over (N, C) or (N, C, L) input."""
+    """BatchNorm over (N, C) or (N, C, L) input; arguments and semantics as `BatchNorm2d`."""
 
     def _check_input_dim(self, x: np.ndarray) -> None:
         if x.ndim not in (2, 3):
@@ -265,7 +265,29 @@ class BatchNorm1d(_BatchNorm):
 
 
 class BatchNorm2d(_BatchNorm):
-    """BatchNorm over (N, C, H, W) input."""
+    """BatchNorm over (N, C, H, W) input: y = (x - mean) / sqrt(var + eps) * weight + bias, per channel.
+
+    Args:
+        num_features: C, the size of the input's dim 1.
+        eps: added to the variance (default 1e-5).
+        momentum: factor of the running-statistics update (default 0.1); None gives a cumulative
+            average over `num_batches_tracked` steps.
+        affine: learn `weight` (ones) and `bias` (zeros), shape (C,).
+        track_running_stats: keep `running_mean` (zeros), `running_var` (ones), shape (C,), and
+            `num_batches_tracked`; without them every mode uses the batch statistics.
+        device: None or "cpu" (anything else raises ValueError).
+        dtype: of the parameters and buffers: float16, float32 (default) or float64.
+        check_finite: (keyword) raise FloatingPointError when the batch statistics hold NaN or Inf;
+            default from SYNCNORM_CHECK_FINITE (off: NaN propagates, as in torch).
+
+    Training mode normalizes with the batch's mean and biased variance and updates the running
+    statistics with the unbiased one (n / (n - 1)); eval mode uses the running statistics. Input
+    float16 (computed in float32), float32 or float64, any strides; the output has the input's shape
+    and dtype. Statistics are float64 shifted sums, accurate at any mean (see the Numerics page).
+    `backward(grad_output)` returns the input gradient and adds into `weight.grad` / `bias.grad`.
+    Raises ValueError for input of another rank or channel count, or 1 value per channel in
+    training, and TypeError for non-float input. State dict keys and versioning are torch's.
+    """
 
     def _check_input_dim(self, x: np.ndarray) -> None:
         if x.ndim != 4:
@@ -273,7 +295,7 @@ class BatchNorm2d(_BatchNorm):
 
 
 class BatchNorm3d(_BatchNorm):
-    """BatchNorm over (N, C, D, H, W) input."""
+    """BatchNorm over (N, C, D, H, W) input; arguments and semantics as `BatchNorm2d`."""
 
     def _check_input_dim(self, x: np.ndarray) -> None:
         if x.ndim != 5:

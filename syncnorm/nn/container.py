@@ -45,15 +45,20 @@ class Sequential(Module):
         setattr(self, key, module)
 
     def append(self, module: Module) -> Sequential:
+        """Add `module` at the end (named by its position); returns self."""
         self.add_module(str(len(self)), module)
         return self
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Run the children in order, each on the previous one's output."""
         for m in self._modules.values():
             x = m(x)
         return x
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Run the children's backwards in reverse order; returns the gradient with respect to the
+        first child's input.
+        """
         for m in reversed(list(self._modules.values())):
             grad_output = m.backward(grad_output)
         return grad_output
@@ -80,10 +85,12 @@ class ModuleList(Module):
         setattr(self, str(_index(idx, len(self))), module)
 
     def append(self, module: Module) -> ModuleList:
+        """Add `module` at the end (named by its position); returns self."""
         self.add_module(str(len(self)), module)
         return self
 
     def extend(self, modules: Iterable[Module]) -> ModuleList:
+        """Append every module of `modules`; returns self."""
         for m in modules:
             self.append(m)
         return self
@@ -96,9 +103,11 @@ class Identity(Module):
         super().__init__()
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Return `x` itself."""
         return x
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Return `grad_output` itself."""
         return grad_output
 
 

@@ -80,6 +80,9 @@ class Conv2d(Module):
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: np.random.Generator | None = None) -> None:
+        """Draw weight and bias again with torch's initialisation (from `generator` or the default
+        generator of `syncnorm.nn.init`).
+        """
         init.kaiming_uniform_(self.weight.data, a=math.sqrt(5), generator=generator)
         if self.bias is not None:
             fan_in, _ = init.calculate_fan_in_and_fan_out(self.weight.shape)
@@ -88,6 +91,10 @@ class Conv2d(Module):
                 init.uniform_(self.bias.data, -bound, bound, generator)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C_in, H, W) or (C_in, H, W) -> (N, C_out, H_out, W_out) (unbatched in, unbatched out),
+        with H_out = floor((H + 2 padding - dilation (kernel - 1) - 1) / stride) + 1 and likewise W_out.
+        Raises ValueError for another channel count or an input smaller than the dilated kernel.
+        """
         x = check_float_input(x, "Conv2d")
         check_ndim(x, (3, 4), "Conv2d", "(N, C, H, W) or (C, H, W)")
         unbatched = x.ndim == 3

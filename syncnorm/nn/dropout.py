@@ -53,6 +53,10 @@ class Dropout(Module):
         return keyed_uniform(seed, stream, step, ids, shape)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """In training mode, zero each element with probability p and scale the others by 1/(1 - p)
+        (any shape; the mask is drawn per sample, see `set_dropout_keys`); in eval mode (or p = 0)
+        return x unchanged.
+        """
         x = check_float_input(x, "Dropout")
         self._shape = x.shape
         if not self.training or self.p == 0.0:
@@ -72,6 +76,7 @@ class Dropout(Module):
         return x * scale
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output times the forward's mask and scale (unchanged in eval mode)."""
         if self._shape is None:
             raise no_forward("Dropout")
         shape, scale = self._shape, self._scale

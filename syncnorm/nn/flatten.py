@@ -19,6 +19,9 @@ class Flatten(Module):
         self._shape: tuple[int, ...] | None = None
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """Merge dimensions start_dim..end_dim into one (a view when possible). Raises IndexError
+        for dimensions out of range and RuntimeError when start_dim comes after end_dim.
+        """
         x = np.asarray(x)
         nd = max(x.ndim, 1)
         s = self.start_dim + nd if self.start_dim < 0 else self.start_dim
@@ -37,6 +40,7 @@ class Flatten(Module):
         return x.reshape(x.shape[:s] + (merged,) + x.shape[e + 1:])
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output reshaped to the forward input's shape."""
         if self._shape is None:
             raise no_forward("Flatten")
         shape, self._shape = self._shape, None

@@ -62,6 +62,7 @@ class GroupNorm(Module):
         self._cache: tuple | None = None
 
     def reset_parameters(self) -> None:
+        """weight to ones and bias to zeros (when affine)."""
         if self.weight is not None:
             self.weight.data[...] = 1
         if self.bias is not None:

@@ -41,12 +41,19 @@ class Linear(Module):
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: np.random.Generator | None = None) -> None:
+        """Draw weight and bias again with torch's initialisation (from `generator` or the default
+        generator of `syncnorm.nn.init`).
+        """
         init.kaiming_uniform_(self.weight.data, a=math.sqrt(5), generator=generator)
         if self.bias is not None:
             bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
             init.uniform_(self.bias.data, -bound, bound, generator)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (*, in_features) -> y = x @ weight.T + bias, shape (*, out_features), in the layer's dtype.
+        Raises ValueError when the last dimension is not in_features and TypeError when x's dtype is
+        not the parameters'.
+        """
         x = check_float_input(x, "Linear")
         if x.ndim < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: expected input of shape (*, {self.in_features}), got "

@@ -46,6 +46,9 @@ class CrossEntropyLoss(Module):
         self._cache: tuple | None = None
 
     def forward(self, input: np.ndarray, target: np.ndarray) -> np.ndarray:  # noqa: A002
+        """loss = criterion(logits, target): see the class docstring for the shapes. Returns a 0-d
+        array ("mean", "sum") or the per-sample losses ("none"), in the logits' dtype.
+        """
         z = check_float_input(input, "CrossEntropyLoss")
         if z.ndim == 0:
             raise ValueError("CrossEntropyLoss: expected logits of shape (C,), (N, C) or (N, C, d1, ...), "

@@ -37,10 +37,12 @@ class Parameter:
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of `.data`."""
         return self.data.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype of `.data`."""
         return self.data.dtype
 
     def accumulate_grad(self, g: np.ndarray) -> None:
@@ -123,12 +125,18 @@ class Module:
         object.__delattr__(self, name)
 
     def register_parameter(self, name: str, param: Parameter | None) -> None:
+        """Register `param` (a Parameter, or None for an absent one such as `bias=False`) as
+        `name`; it appears in `parameters()` and `state_dict()`. Raises TypeError for anything else.
+        """
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"cannot assign {type(param).__name__} as parameter '{name}'")
         self._remove_from(name, self._buffers, self._modules, self.__dict__)
         self._parameters[name] = param
 
     def register_buffer(self, name: str, value: np.ndarray | None, persistent: bool = True) -> None:
+        """Register `value` (an array, or None) as buffer `name`: state that is not learned, such as
+        running statistics. Persistent buffers appear in `state_dict()`; `persistent=False` ones do not.
+        """
         self._remove_from(name, self._parameters, self._modules, self.__dict__)
         self._buffers[name] = None if value is None else np.asarray(value)
         if persistent:
@@ -137,21 +145,35 @@ class Module:
             self._non_persistent_buffers.add(name)
 
     def add_module(self, name: str, module: Module | None) -> None:
+        """Register `module` (a Module, or None) as child `name`; same as `setattr(self, name, module)`.
+        Raises TypeError for an object that is not a Module.
+        """
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"{type(module).__name__} is not a Module subclass")
         setattr(self, name, module) if module is not None else self._modules.__setitem__(name, None)
 
     # ----------------------------------------------------------------- running
     def forward(self, *args: Any) -> Any:
+        """Compute the output for this module's input; every layer overrides it. `module(x)` calls it.
+        In training mode a layer keeps what its `backward` needs.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no forward()")
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """Return the gradient with respect to the input of the last `forward`, given `grad_output`
+        (shaped like that forward's output), and add the parameters' gradients into their `.grad`.
+        Every layer overrides it; calling it without a forward before (or twice for one forward) raises
+        RuntimeError.
+        """
         raise NotImplementedError(f"{type(self).__name__} has no backward()")
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
     def train(self, mode: bool = True) -> Module:
+        """Set training mode (`mode=True`) or eval mode on this module and every descendant; returns
+        self. Raises ValueError when `mode` is not a bool.
+        """
         if not isinstance(mode, bool):
             raise ValueError(f"training mode is expected to be boolean, got {type(mode).__name__} {mode!r}")
         for m in self.modules():
@@ -159,9 +181,13 @@ class Module:
         return self
 
     def eval(self) -> Module:
+        """Set eval mode on this module and every descendant (`train(False)`); returns self."""
         return self.train(False)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Reset every parameter's `.grad`: to None (default, like torch), or to zeros in place
+        with `set_to_none=False`.
+        """
         for p in self.parameters():
             if set_to_none:
                 p.grad = None
@@ -169,6 +195,7 @@ class Module:
                 p.grad[...] = 0
 
     def apply(self, fn: Callable[[Module], None]) -> Module:
+        """Call `fn(m)` on every descendant, children first, then on self; returns self."""
         for child in self.children():
             child.apply(fn)
         fn(self)
@@ -176,6 +203,7 @@ class Module:
 
     # ----------------------------------------------------------------- traversal
     def named_children(self) -> Iterator[tuple[str, Module]]:
+        """Yield (name, child) for each direct child module, each object once."""
         seen = set()
         for name, m in self._modules.items():
             if m is not None and id(m) not in seen:
@@ -183,10 +211,14 @@ class Module:
                 yield name, m
 
     def children(self) -> Iterator[Module]:
+        """Yield each direct child module once."""
         for _, m in self.named_children():
             yield m
 
     def named_modules(self, memo: set | None = None, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """Yield (dotted name, module) for this module ('' ) and every descendant, depth first, each
+        object once.
+        """
         memo = set() if memo is None else memo
         if id(self) in memo:
             return
@@ -198,6 +230,7 @@ class Module:
             yield from m.named_modules(memo, f"{prefix}.{name}" if prefix else name)
 
     def modules(self) -> Iterator[Module]:
+        """Yield this module and every descendant, each object once."""
         for _, m in self.named_modules():
             yield m
 
@@ -212,16 +245,24 @@ class Module:
                 yield (f"{mprefix}.{name}" if mprefix else name), v
 
     def named_parameters(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Parameter]]:
+        """Yield (dotted name, Parameter) of this module and (with `recurse`) its descendants, each
+        Parameter once, in registration order: the keys `state_dict()` uses.
+        """
         return self._named_members("_parameters", prefix, recurse)
 
     def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        """Yield every Parameter of the tree once (what an optimizer takes)."""
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
     def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+        """Yield (dotted name, array) of every buffer (running statistics, ...) of the tree, each
+        array once.
+        """
         return self._named_members("_buffers", prefix, recurse)
 
     def buffers(self, recurse: bool = True) -> Iterator[np.ndarray]:
+        """Yield every buffer array of the tree once."""
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
@@ -320,6 +361,9 @@ class Module:
 
     # ----------------------------------------------------------------- repr
     def extra_repr(self) -> str:
+        """The layer's own settings, shown inside its `repr()` (its constructor arguments, as torch
+        shows them). Subclasses override it.
+        """
         return ""
 
     def _get_name(self) -> str:

@@ -59,6 +59,9 @@ class MaxPool2d(_Pool):
         self._d = pair(dilation, "dilation", 1)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C, H, W) or (C, H, W) -> the maximum of each window, (N, C, H_out, W_out) (unbatched
+        in, unbatched out), in x's dtype.
+        """
         x4, unbatched = _as4(x, "MaxPool2d")
         y, arg = K.max_pool2d_forward(x4, self._k, self._s, self._p, self._d, self.ceil_mode)
         out = self._out(y, unbatched)
@@ -66,6 +69,7 @@ class MaxPool2d(_Pool):
         return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output shaped like the forward's output -> gradient shaped like its input."""
         (yshape, unbatched, arg, xshape), dy = self._take(grad_output, "MaxPool2d")
         dx = K.max_pool2d_backward(dy, arg, xshape, self._k, self._s, self._p, self._d)
         return dx[0] if unbatched else dx
@@ -97,6 +101,9 @@ class AvgPool2d(_Pool):
         self._p = pair(padding, "padding", 0)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C, H, W) or (C, H, W) -> the mean of each window, (N, C, H_out, W_out) (unbatched
+        in, unbatched out), in x's dtype.
+        """
         x4, unbatched = _as4(x, "AvgPool2d")
         y = K.avg_pool2d_forward(x4, self._k, self._s, self._p, self.ceil_mode,
                                  self.count_include_pad, self.divisor_override)
@@ -105,6 +112,7 @@ class AvgPool2d(_Pool):
         return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output shaped like the forward's output -> gradient shaped like its input."""
         (yshape, unbatched, xshape), dy = self._take(grad_output, "AvgPool2d")
         dx = K.avg_pool2d_backward(dy, xshape, self._k, self._s, self._p, self.count_include_pad,
                                    self.divisor_override)
@@ -130,6 +138,9 @@ class AdaptiveAvgPool2d(_Pool):
         self._o = vals
 
     def forward(self, x: np.ndarray) -> np.ndarray:
+        """x (N, C, H, W) or (C, H, W) -> the mean of each window, (N, C, H_out, W_out) (unbatched
+        in, unbatched out), in x's dtype.
+        """
         x4, unbatched = _as4(x, "AdaptiveAvgPool2d")
         if x4.shape[2] == 0 or x4.shape[3] == 0:
             raise ValueError(f"AdaptiveAvgPool2d: expected non-empty spatial dimensions, got input of "
@@ -140,6 +151,7 @@ class AdaptiveAvgPool2d(_Pool):
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
+        """grad_output shaped like the forward's output -> gradient shaped like its input."""
         (yshape, unbatched, xshape), dy = self._take(grad_output, "AdaptiveAvgPool2d")
         dx = K.adaptive_avg_pool2d_backward(dy, xshape)
         return dx[0] if unbatched else dx

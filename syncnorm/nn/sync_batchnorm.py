@@ -23,6 +23,10 @@ class SyncBatchNorm(_BatchNorm):
     Args as torch.nn.SyncBatchNorm; `process_group` is a syncnorm ProcessGroup, an mpi4py
     communicator, or None (the world). `timeout` (seconds, keyword-only) bounds each collective;
     None takes SYNCNORM_COLLECTIVE_TIMEOUT from the environment, or waits for ever when it is unset.
+    num_features, eps, momentum, affine, track_running_stats, device, dtype and check_finite are
+    `BatchNorm2d`'s. Every rank of the group must run the same synchronized layers in the same
+    order (build the same model); otherwise every rank raises RanksOutOfStepError, and a rank
+    whose input is refused raises its own error while its peers raise PeerInputError.
 
     Exact for uneven batches and for ranks with 0 samples (they still take part in both
     collectives). A step where the whole group has 0 samples leaves the running statistics alone.

@@ -41,6 +41,7 @@ class GradBucket:
 
     @property
     def nbytes(self) -> int:
+        """Bytes of the bucket's buffer (what one Allreduce sends)."""
         return self.buffer.nbytes
 
 
@@ -125,6 +126,7 @@ class DistributedDataParallel(Module):
     # ------------------------------------------------------------------ helpers
     @property
     def group(self) -> ProcessGroup:
+        """The ProcessGroup the gradients are averaged over."""
         return self.process_group
 
     def _timeout(self) -> float | None:
@@ -184,6 +186,9 @@ class DistributedDataParallel(Module):
 
     # ------------------------------------------------------------------ running
     def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """The wrapped module's forward; in training mode with `broadcast_buffers`, rank 0's buffers
+        are first copied to every rank (one Bcast).
+        """
         if self.broadcast_buffers and self.training:
             self._broadcast_state(include_params=False)
         return self.module(*args, **kwargs)

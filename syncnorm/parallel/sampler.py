@@ -88,6 +88,7 @@ class DistributedSampler:
         self.epoch = int(epoch)
 
     def state_dict(self) -> dict[str, int | bool]:
+        """What `load_state_dict` needs to resume: the epoch, and the settings that must match."""
         return {"epoch": self.epoch, "seed": self.seed, "num_replicas": self.num_replicas,
                 "rank": self.rank, "shuffle": self.shuffle, "drop_last": self.drop_last,
                 "dataset_len": self.dataset_len}

@@ -89,6 +89,10 @@ class SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                 plan: StepPlan) -> torch.Tensor:
+        """input (N, C, *) -> output of the same shape, dtype and memory layout, as `plan` says:
+        "sync" (the group's batch statistics, ONE Allreduce), "local" (this rank's batch statistics) or
+        "running" (the running statistics). Keeps the input and statistics for backward.
+        """
         x, layout = V.dense(x)
         xw, _ = V.dense(V.work_tensor(x), layout)
         x3 = V.acm(xw, layout)
@@ -117,6 +121,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, dy: torch.Tensor) -> tuple:
+        """dy -> (dx, dweight, dbias, None). dx uses the group's sums (ONE Allreduce, in "sync" mode
+        and only when the input needs a gradient); dweight and dbias are this rank's own sums.
+        """
         (x,) = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         wdt, bdt = ctx.param_dtypes
