@@ -448,6 +448,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `syncnorm-launch` command: parse `argv` (default sys.argv[1:]; the job's command follows
+    `--`), launch the job (or print it with --dry-run) and return the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
     cmd: list[str] = []
     if "--" in argv:
