@@ -33,20 +33,22 @@ class Flatten(Module):
             raise RuntimeError("flatten() has invalid args: start_dim cannot come after end_dim "
                                f"(start_dim={self.start_dim}, end_dim={self.end_dim}, input of shape "
                                f"{tuple(x.shape)})")
-        self._shape = x.shape
         if x.ndim == 0:
-            return x.reshape(1)
-        merged = int(np.prod(x.shape[s:e + 1], dtype=np.int64))
-        return x.reshape(x.shape[:s] + (merged,) + x.shape[e + 1:])
+            out = x.reshape(1)
+        else:
+            merged = int(np.prod(x.shape[s:e + 1], dtype=np.int64))
+            out = x.reshape(x.shape[:s] + (merged,) + x.shape[e + 1:])
+        self._shape = (x.shape, out.shape)
+        return out
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output reshaped to the forward input's shape."""
         if self._shape is None:
             raise no_forward("Flatten")
-        shape, self._shape = self._shape, None
+        (shape, out_shape), self._shape = self._shape, None
         dy = np.asarray(grad_output)
         if dy.size != int(np.prod(shape, dtype=np.int64)):
-            check_grad_shape(dy, shape, "Flatten")
+            check_grad_shape(dy, out_shape, "Flatten")  # says which shape was expected
         return dy.reshape(shape)
 
     def extra_repr(self) -> str:
