@@ -1,16 +1,17 @@
-"""GroupNorm, LayerNorm and InstanceNorm2d training steps (forward + backward) against torch 2.13 CPU.
+"""GroupNorm, LayerNorm and InstanceNorm2d training steps (forward + backward) vs torch 2.13 CPU.
 
     python benchmarks/bench_family.py [--shape 32 256 28 28] [--reps 30] [--rounds 3] [--profile]
 
 One thread on both sides (OMP/MKL/OPENBLAS_NUM_THREADS=1, torch.set_num_threads(1)). For each layer
 and round, a block of `--reps` syncnorm steps and a block of torch steps run back to back (which one
 first alternates between rounds); the figure is the ratio of the two medians, syncnorm / torch,
-and the median of that ratio over `--rounds` rounds (their spread shows the noise). Times are the main thread's CPU time (time.thread_time): processes
-competing for the cores do not inflate it, and neither do idle helper threads of torch (whose
-spinning process_time would count against torch); both libraries compute on the main thread.
-`--wall` uses the wall clock instead. `--profile` also prints the fastest times of the statistics,
-forward and forward+backward of each layer and of torch, in ms and in units of one numpy
-elementwise pass over the input (the cost floor of an unfused numpy step).
+and the median of that ratio over `--rounds` rounds (their spread shows the noise); the ratio of
+the fastest steps is printed too. Times are the main thread's CPU time (time.thread_time):
+processes competing for the cores do not inflate it, and neither do idle helper threads of torch
+(whose spinning process_time would count against torch); both libraries compute on the main
+thread. `--wall` uses the wall clock instead. `--profile` also prints the fastest times of the
+statistics, forward and forward+backward of each layer and of torch, in ms and in units of one
+numpy elementwise pass over the input (the cost floor of an unfused numpy step).
 Needs torch (`pip install syncnorm[torch]`); syncnorm itself does not.
 """
 from __future__ import annotations

@@ -282,7 +282,8 @@ def test_bad_input_is_a_clear_error(make, x, exc, msg):
 
 
 @pytest.mark.parametrize("call,exc,msg", [
-    (lambda: nn.GroupNorm(3, 4), ValueError, r"num_channels \(4\) must be divisible by num_groups \(3\)"),
+    (lambda: nn.GroupNorm(3, 4), ValueError,
+     r"num_channels \(4\) must be divisible by num_groups \(3\)"),
     (lambda: nn.GroupNorm(0, 4), ValueError, r"num_groups must be positive, got 0"),
     (lambda: nn.GroupNorm(2.0, 4), TypeError, r"num_groups must be an int, got float"),
     (lambda: nn.LayerNorm("x"), TypeError, r"normalized_shape must hold non-negative ints"),

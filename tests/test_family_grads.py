@@ -73,7 +73,8 @@ def _fwd_bwd(m, x, dy):
     return y, dx, {n: p.grad for n, p in m.named_parameters()}
 
 
-@pytest.mark.parametrize("shape,G", [((3, 8, 40, 50), 4), ((2, 6, 7, 3), 3), ((1, 4, BLOCK_ELEMS + 5), 2)])
+@pytest.mark.parametrize("shape,G", [((3, 8, 40, 50), 4), ((2, 6, 7, 3), 3),
+                                     ((1, 4, BLOCK_ELEMS + 5), 2)])
 def test_group_norm_blocked_against_formula(shape, G):
     rng = np.random.default_rng(1)
     C = shape[1]

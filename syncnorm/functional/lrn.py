@@ -7,7 +7,7 @@ by (a, b) and average-pools a window of `size`, always dividing by `size`):
     y[c] = x[c] * D[c]^(-beta)
 Backward (the window's transpose runs from j - b to j + a):
     dx[j] = dy[j] * D[j]^(-beta)
-            - (2 * alpha * beta / size) * x[j] * sum_{c = j - b}^{j + a} dy[c] * x[c] * D[c]^(-beta - 1)
+            - (2 alpha beta / size) * x[j] * sum_{c = j - b}^{j + a} dy[c] x[c] D[c]^(-beta - 1)
 
 Computed in float64 over cache-sized blocks of (samples, positions) that hold all channels (the
 window runs across channels); the result is in the input's dtype. D is recomputed in backward

@@ -13,7 +13,8 @@ from collections import OrderedDict
 from typing import Any
 
 from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
-from .lazy import LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, LazySyncBatchNorm, _LazyNormMixin
+from .lazy import (LazyBatchNorm1d, LazyBatchNorm2d, LazyBatchNorm3d, LazySyncBatchNorm,
+                   _LazyNormMixin)
 from .module import Module
 from .sync_batchnorm import SyncBatchNorm
 
