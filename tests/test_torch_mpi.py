@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("torch", reason="syncnorm.torch needs PyTorch (pip install 'syncnorm[torch]')")
 
-from mpi_harness import run_pytest_mpi  # noqa: E402
+from mpi_harness import run_mpi, run_pytest_mpi  # noqa: E402
 
 # one torch thread per rank (ranks oversubscribe 2 cores), hangs turned into errors, gloo on loopback
 ENV = {"OMP_NUM_THREADS": "1", "SYNCNORM_COLLECTIVE_TIMEOUT": "120", "GLOO_SOCKET_IFNAME": "lo"}
@@ -33,3 +33,14 @@ def test_against_pytorch_cuda_syncbatchnorm_golden_results():
 def test_ddp_training_follows_the_single_process_large_batch_run():
     job = run_pytest_mpi(4, "tests/mpi/mpi_torch_ddp.py", timeout=400, env=ENV).check()
     assert all(skipped == "" for _, skipped in summaries(job, 4)), job.output[-2000:]
+
+
+def test_timeout_keyword_ends_a_job_whose_rank_never_arrives(tmp_path):
+    script = tmp_path / "skip.py"
+    script.write_text("import time, torch\nfrom mpi4py import MPI\nfrom syncnorm.torch import SyncBatchNorm\n"
+                      "m = SyncBatchNorm(3, timeout=1.0)\n"
+                      "if MPI.COMM_WORLD.rank == 1:\n    time.sleep(120)  # never joins the collective\n"
+                      "m(torch.randn(4, 3))\n")
+    job = run_mpi(2, [str(script)], timeout=100, env=ENV)
+    assert job.returncode != 0 and not job.timed_out, job.output[-3000:]
+    assert "CollectiveTimeoutError" in job.output and "did not complete within 1 s" in job.output

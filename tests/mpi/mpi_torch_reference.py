@@ -250,3 +250,4 @@ def test_running_stats_stay_bitwise_identical_across_ranks():
         mine = np.ascontiguousarray(buf.numpy()).view(np.uint8).reshape(-1)
         allb = C.allgather(mine, WORLD)
         assert (allb == allb[0]).all(), f"{name} differs across ranks"
+
