@@ -191,8 +191,10 @@ def measure_comm(nprocs: list[int], quick: bool, timeout: float, clock: str, log
             "eval_step": c["eval_step"],
             "allgather_collectives_per_step": ag["collectives_per_step"],
             "allgather_bytes": ag["bytes_per_rank_per_step"],
-            "step_time": st, "sync_over_local": st[f"ratio_{clock}"],
-            "sync_over_local_wall": st["ratio_wall"], "sync_over_local_cpu": st["ratio_cpu"],
+            "step_time": st, "sync_over_local": st["ratio_wall"],
+            "sync_over_local_q1": st.get("ratio_wall_q1"),
+            "sync_over_local_min": st.get("ratio_wall_min"),
+            "sync_over_local_cpu": st["ratio_cpu"],
             "oversubscribed": P > (os.cpu_count() or 1)})
     out: dict[str, Any] = {"channels": C, "shape_per_rank": shape, "measured": measured,
                            "notes": notes}
@@ -247,7 +249,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
         "clock_text": ("main-thread CPU time" if args.clock == "cpu" else "wall-clock time"),
         "clocks": sorted(CLOCKS), "rounds": rounds, "block": block,
         "reps_per_candidate": rounds * (block - 1 if block > 1 else 1),
-        "last_level_cache_bytes": llc, "last_level_cache_source": llc_src}}
+        "last_level_cache_bytes": llc, "last_level_cache_source": llc_src,
+        "load_average_start": _loadavg()}}
     log(f"timing {len(specs)} layers x 3 passes x {2 + (torch is not None)} implementations, "
         f"{rounds} rounds of {block} ...")
     entries, bws = time_layers(specs, torch, rounds, block, args.clock, copy_bytes, log)
@@ -267,8 +270,17 @@ def run(args: argparse.Namespace, log=print) -> dict:
         log("MPI runs ...")
         timeout = args.mpi_timeout or (180.0 if quick else 600.0)
         res["comm"] = measure_comm(list(args.nprocs), quick, timeout, args.clock, log)
+    res["meta"]["load_average_end"] = _loadavg()
     res["notes"] = notes
     return res
+
+
+def _loadavg() -> list[float] | None:
+    """1, 5 and 15-minute load averages (other processes competing for the cores)."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
 
 
 def write_outputs(res: dict, out_dir: Path, plots: bool = True) -> list[str]:

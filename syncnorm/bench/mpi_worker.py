@@ -7,7 +7,13 @@
    (per rank): collectives and bytes per step, forward and backward apart, and in eval mode.
 2. Step time: local BatchNorm2d and SyncBatchNorm2d training steps (forward + backward) on every
    rank's own batch, in interleaved blocks (see `timing.measure`), each step started together on all
-   ranks (an untimed Allreduce of one value as barrier). A step's time is the slowest rank's.
+   ranks (an untimed Allreduce of one value as barrier). A step's time is the slowest rank's, on
+   the wall clock (MPI polls while it waits, so CPU time would count the waiting too); the CPU
+   times are kept as well. Ratios: of the medians, and of the fastest quarter (q1) and the fastest
+   step, which a busy machine disturbs least; and, per rank, of the time outside the collectives
+   (the wrapper also times the calls), which separates what SyncBatchNorm computes and packs from
+   the time spent waiting for the other ranks (co-scheduling, on a machine with more runnable
+   processes than cores).
 3. Allreduce times at a few message sizes (slowest rank, median), for the alpha-beta fit.
 
 Rank 0 writes the results as JSON to --out. All communication goes through
@@ -42,10 +48,12 @@ class CountingComm:
         self._comm = comm
         self.calls: Counter = Counter()
         self.bytes = 0
+        self.seconds = 0.0  # wall time spent inside the collectives
 
     def reset(self) -> None:
         self.calls = Counter()
         self.bytes = 0
+        self.seconds = 0.0
 
     def snapshot(self) -> tuple[dict[str, int], int]:
         return dict(self.calls), self.bytes
@@ -59,7 +67,11 @@ class CountingComm:
             self.calls[name] += 1
             self.bytes += sum(a.nbytes for a in list(args) + list(kw.values())
                               if isinstance(a, np.ndarray))
-            return attr(*args, **kw)
+            t0 = time.perf_counter()
+            try:
+                return attr(*args, **kw)
+            finally:
+                self.seconds += time.perf_counter() - t0
         return counted
 
 
@@ -127,8 +139,10 @@ def step_times(C: int, x: np.ndarray, dy: np.ndarray, base: Any, rounds: int, bl
     from syncnorm import nn
     from .timing import summarize
 
-    layers = {"local": nn.BatchNorm2d(C), "sync": nn.SyncBatchNorm(C, process_group=base)}
-    rec: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in layers}
+    timer = CountingComm(base)
+    layers = {"local": nn.BatchNorm2d(C), "sync": nn.SyncBatchNorm(C, process_group=timer)}
+    rec: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": [], "in_collectives": []}
+                                              for k in layers}
     names = list(layers)
     for r in range(rounds):
         for i in range(len(names)):
@@ -136,6 +150,7 @@ def step_times(C: int, x: np.ndarray, dy: np.ndarray, base: Any, rounds: int, bl
             m = layers[name]
             for j in range(block):
                 _barrier(base)
+                timer.reset()
                 c0, w0 = time.thread_time(), time.perf_counter()
                 m(x)
                 m.backward(dy)
@@ -143,12 +158,25 @@ def step_times(C: int, x: np.ndarray, dy: np.ndarray, base: Any, rounds: int, bl
                 if j > 0 or block == 1:
                     rec[name]["wall"].append(w1 - w0)
                     rec[name]["cpu"].append(c1 - c0)
+                    rec[name]["in_collectives"].append(timer.seconds)
     out: dict[str, Any] = {}
     for name in names:
         out[name] = {clk: summarize(list(_slowest(v, base))).to_json(keep_samples=False)
                      for clk, v in rec[name].items()}
+        out[name]["rank0_wall"] = summarize(rec[name]["wall"]).to_json(keep_samples=False)
+        # this rank's step time outside the collectives: the computation and the bookkeeping
+        outside = [w - c for w, c in zip(rec[name]["wall"], rec[name]["in_collectives"])]
+        out[name]["rank_outside_collectives_wall"] = summarize(outside).to_json(keep_samples=False)
+        out[name]["rank_in_collectives_wall"] = summarize(
+            rec[name]["in_collectives"]).to_json(keep_samples=False)
     for clk in ("wall", "cpu"):
         out[f"ratio_{clk}"] = out["sync"][clk]["median_s"] / out["local"][clk]["median_s"]
+    # the fastest quarter of the steps: what the step costs when no other process intervenes
+    out["ratio_wall_q1"] = out["sync"]["wall"]["q1_s"] / out["local"]["wall"]["q1_s"]
+    out["ratio_wall_min"] = out["sync"]["wall"]["min_s"] / out["local"]["wall"]["min_s"]
+    # what SyncBatchNorm adds besides waiting in the collectives (medians, this rank)
+    out["ratio_outside_collectives"] = (out["sync"]["rank_outside_collectives_wall"]["median_s"]
+                                        / out["local"]["rank_outside_collectives_wall"]["median_s"])
     return out
 
 
@@ -180,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="JSON file written by rank 0")
     p.add_argument("--shape", type=int, nargs=4, default=[32, 64, 32, 32], help="per-rank input")
     p.add_argument("--steps", type=int, default=5, help="counted steps")
-    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--block", type=int, default=4)
     p.add_argument("--sizes", type=int, nargs="*", default=list(DEFAULT_SIZES))
     p.add_argument("--allreduce-reps", type=int, default=40)

@@ -41,7 +41,9 @@ def terminal_tables(res: dict) -> str:
              f"{res['meta']['cpu']}, numpy {res['meta']['numpy']}, {res['meta']['torch_note']}",
              f"times: median [IQR] of {res['meta']['reps_per_candidate']} reps, "
              f"{res['meta']['clock_text']}; floor: {res['floor']['bandwidth_GBps']:.1f} GB/s copy "
-             f"({res['floor']['array_MiB']:.0f} MiB arrays)", ""]
+             f"({res['floor']['array_MiB']:.0f} MiB arrays); load average (1/5/15 min) at start "
+             f"{res['meta'].get('load_average_start')}, end {res['meta'].get('load_average_end')} "
+             f"on {res['meta']['cores']} cores", ""]
     hdr = (f"{'layer':34s} {'pass':8s} {'syncnorm ms':>17s} {'textbook ms':>17s} "
            f"{'torch ms':>17s} {'floor ms':>8s} {'ours/floor':>10s} {'ours/torch':>10s} "
            f"{'text/floor':>10s} {'torch/floor':>11s}")
@@ -63,12 +65,14 @@ def terminal_tables(res: dict) -> str:
         lines += ["", "SyncBatchNorm communication per step and rank (measured by a counting "
                   "communicator) vs the all-gather design (computed):",
                   f"{'P':>4s} {'collectives':>11s} {'bytes':>9s} {'all-gather bytes':>17s} "
-                  f"{'sync/local step':>16s}"]
+                  f"{'sync/local step: median':>24s} {'q1':>7s} {'min':>7s}"]
         for m in comm["measured"]:
-            st = m.get("sync_over_local")
+            st = [m.get(k) for k in ("sync_over_local", "sync_over_local_q1", "sync_over_local_min")]
+            st = ["-" if v is None else f"{v:.3f}x" for v in st]
             lines.append(f"{m['P']:>4d} {m['collectives_per_step']:>11g} "
                          f"{m['bytes_per_rank_per_step']:>9.0f} {m['allgather_bytes']:>17.0f} "
-                         f"{'-' if st is None else f'{st:.3f}x':>16s}")
+                         f"{st[0]:>24s} {st[1]:>7s} {st[2]:>7s}"
+                         + ("  (oversubscribed)" if m.get("oversubscribed") else ""))
         if comm.get("model"):
             mo = comm["model"]
             lines.append(f"alpha = {mo['alpha_s'] * 1e6:.2f} us, beta = {mo['beta_s_per_byte'] * 1e9:.3f}"
@@ -109,12 +113,14 @@ def markdown_tables(res: dict) -> str:
     comm = res.get("comm") or {}
     if comm.get("measured"):
         out += ["", "| P | collectives / step | bytes / rank / step | all-gather design bytes | "
-                "SyncBatchNorm / BatchNorm step |", "|---|---|---|---|---|"]
+                "SyncBatchNorm / BatchNorm step (median) | (fastest quarter) | (fastest) |",
+                "|---|---|---|---|---|---|---|"]
         for m in comm["measured"]:
-            st = m.get("sync_over_local")
-            out.append(f"| {m['P']} | {m['collectives_per_step']:g} | "
-                       f"{m['bytes_per_rank_per_step']:.0f} | {m['allgather_bytes']:.0f} | "
-                       f"{'-' if st is None else f'{st:.3f}x'} |")
+            st = [m.get(k) for k in ("sync_over_local", "sync_over_local_q1", "sync_over_local_min")]
+            st = ["-" if v is None else f"{v:.3f}x" for v in st]
+            out.append(f"| {m['P']}{' (oversubscribed)' if m.get('oversubscribed') else ''} | "
+                       f"{m['collectives_per_step']:g} | {m['bytes_per_rank_per_step']:.0f} | "
+                       f"{m['allgather_bytes']:.0f} | {st[0]} | {st[1]} | {st[2]} |")
     if res.get("memory"):
         out += ["", "| layer | input | implementation | input MiB | forward (input buffers) | "
                 "backward (input buffers) |", "|---|---|---|---|---|---|"]
