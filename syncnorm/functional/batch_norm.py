@@ -27,7 +27,8 @@ Passes over memory (what the bandwidth floor of `syncnorm-bench` counts): forwar
   (`_unbuffered`): numpy >= 2.3 would otherwise copy broadcast constants into its buffers to
   lengthen the inner loop, which costs more than the operation itself.
 * `backward_elemt` runs its tiles in reverse order, so it starts on the data `backward_reduce`
-  read last, which is still in the last-level cache.
+  read last, which may still be in the last-level cache (within noise on the 2-core test machine,
+  whose L3 other processes share).
 """
 from __future__ import annotations
 
