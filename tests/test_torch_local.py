@@ -102,6 +102,18 @@ def test_large_mean_small_spread_float32_is_exact_where_torch_is_not():
     assert err_torch > 10 * err, (err_torch, err)
 
 
+def test_other_strides_are_copied_once_and_give_the_same_result():
+    torch.manual_seed(4)
+    ref, sync = pair(4)
+    big = torch.randn(4, 6, 5, 10, dtype=torch.float64)
+    x = big[:, ::2, :, ::2]  # neither contiguous nor channels last
+    assert not x.is_contiguous()
+    dy = torch.randn(4, 3, 5, 5, dtype=torch.float64)
+    (ya, dxa), (yb, dxb) = run_both(ref, sync, x, dy)
+    torch.testing.assert_close(ya, yb, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(dxa, dxb, atol=1e-12, rtol=1e-12)
+
+
 def test_momentum_none_is_the_cumulative_average_and_counts_batches():
     torch.manual_seed(1)
     ref, sync = pair(3, momentum=None)

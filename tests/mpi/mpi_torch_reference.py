@@ -251,3 +251,32 @@ def test_running_stats_stay_bitwise_identical_across_ranks():
         allb = C.allgather(mine, WORLD)
         assert (allb == allb[0]).all(), f"{name} differs across ranks"
 
+
+
+@pytest.mark.mpi(min_size=1)
+def test_two_forwards_before_one_backward():
+    """A layer applied twice in one step (siamese branches): two Allreduces forward, two backward,
+    in the same order on every rank; equal to torch's BatchNorm applied twice to the group batch."""
+    rng = np.random.default_rng(11)
+    ns = [2 + (r % 3) for r in range(P)]
+    a = [torch.from_numpy(rng.normal(1, 2, (n, 3, 4))) for n in ns]
+    b = [torch.from_numpy(rng.normal(-1, 1, (n, 3, 4))) for n in ns]
+    ref = torch.nn.BatchNorm1d(3, dtype=torch.float64)
+    sync = convert_sync_batchnorm(copy.deepcopy(ref))
+    xa, xb = a[RANK].clone().requires_grad_(), b[RANK].clone().requires_grad_()
+    ga, gb = torch.cat(a).requires_grad_(), torch.cat(b).requires_grad_()
+    (sync(xa) * sync(xb)).sum().backward()
+    (ref(ga) * ref(gb)).sum().backward()
+    here = slice(sum(ns[:RANK]), sum(ns[:RANK + 1]))
+    torch.testing.assert_close(xa.grad, ga.grad[here], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(xb.grad, gb.grad[here], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(sync.running_var, ref.running_var, atol=1e-12, rtol=1e-12)
+    assert int(sync.num_batches_tracked) == 2
+
+
+@pytest.mark.mpi(min_size=2)
+def test_a_group_without_this_rank_is_refused():
+    only0 = dist.new_group([0])
+    if RANK != 0:
+        with pytest.raises(ValueError, match="does not contain this rank"):
+            SyncBatchNorm(2, process_group=only0)(torch.randn(3, 2))
