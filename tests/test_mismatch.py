@@ -49,10 +49,10 @@ def test_mpich_launcher_with_open_mpi_ranks_raises_mpimismatcherror(mpich):
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert "SIZEIS" not in out
-    for rank in (0, 1):
-        assert (f"MPIMismatchError: this process was started by a PMI launcher (MPICH/Intel MPI "
-                f"mpiexec, hydra, srun --mpi=pmi2, Cray) as rank {rank} of 2 (PMI_SIZE=2), but MPI "
-                "(Open MPI v5") in out
+    # each rank fails on its own; hydra may kill one before it prints, so at least one reports
+    assert re.search(r"MPIMismatchError: this process was started by a PMI launcher \(MPICH/Intel "
+                     r"MPI mpiexec, hydra, srun --mpi=pmi2, Cray\) as rank [01] of 2 "
+                     r"\(PMI_SIZE=2\), but MPI \(Open MPI v5", out), out
     assert "sees a world of size 1" in out and "syncnorm-launch" in out
 
 
@@ -64,8 +64,10 @@ def test_open_mpi_launcher_with_mpich_ranks_is_refused_before_mpi_init(mpich):
     out = r.stdout + r.stderr
     assert r.returncode != 0, out
     assert "SIZEIS" not in out
-    assert ("MPIMismatchError: this process was started by Open MPI mpirun as rank 0 of 2 "
-            "(OMPI_COMM_WORLD_SIZE=2), but mpi4py loads an MPICH-family MPI library") in out
+    # the first rank to fail makes mpirun kill the other one: either may be the one that reports
+    assert re.search(r"MPIMismatchError: this process was started by Open MPI mpirun as rank [01] "
+                     r"of 2 \(OMPI_COMM_WORLD_SIZE=2\), but mpi4py loads an MPICH-family MPI "
+                     r"library", out), out
     assert "Internal MPI error" not in out  # MPICH's MPI_Init was never reached
 
 
