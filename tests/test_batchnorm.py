@@ -193,10 +193,21 @@ def test_empty_batch_gives_empty_output_and_no_update():
 
 def test_repr_like_torch():
     assert repr(nn.BatchNorm2d(3)) == \
-        "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, track_running_stats=True)"
+        "BatchNorm2d(3, eps=1e-05, momentum=0.1, affine=True, bias=True, track_running_stats=True)"
     assert repr(nn.Sequential(nn.BatchNorm1d(2, momentum=None))) == (
-        "Sequential(\n  (0): BatchNorm1d(2, eps=1e-05, momentum=None, affine=True, "
+        "Sequential(\n  (0): BatchNorm1d(2, eps=1e-05, momentum=None, affine=True, bias=True, "
         "track_running_stats=True)\n)")
+    assert repr(nn.SyncBatchNorm(2, affine=False)) == (
+        "SyncBatchNorm(2, eps=1e-05, momentum=0.1, affine=False, bias=False, track_running_stats=True)")
+
+
+def test_bias_false_like_torch_2_13():
+    m = nn.BatchNorm2d(3, bias=False)
+    assert m.bias is None and list(m.state_dict()) == ["weight", "running_mean", "running_var",
+                                                       "num_batches_tracked"]
+    x = np.random.default_rng(0).normal(size=(4, 3, 2, 2)).astype(np.float32)
+    m.backward(np.ones_like(m(x)))
+    assert m.weight.grad is not None
 
 
 def test_state_dict_round_trip_and_versioned_upgrade():

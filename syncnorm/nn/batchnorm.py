@@ -41,7 +41,7 @@ class _NormBase(Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, device: Any = None,
-                 dtype: Any = None, *, check_finite: bool | None = None) -> None:
+                 dtype: Any = None, *, bias: bool = True, check_finite: bool | None = None) -> None:
         super().__init__()
         if device not in (None, "cpu"):
             raise ValueError(f"syncnorm runs on the CPU; got device={device!r}")
@@ -63,7 +63,10 @@ class _NormBase(Module):
         self._param_dtype = dt
         if self.affine:
             self.weight = Parameter(np.ones(num_features, dt))
-            self.bias = Parameter(np.zeros(num_features, dt))
+            if bias:
+                self.bias = Parameter(np.zeros(num_features, dt))
+            else:  # torch 2.13's keyword-only bias=False: no additive bias is learned
+                self.register_parameter("bias", None)
         else:
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
@@ -89,13 +92,15 @@ class _NormBase(Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             self.weight.data[...] = 1
+        if self.bias is not None:
             self.bias.data[...] = 0
 
     def extra_repr(self) -> str:
-        return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, "
-                "track_running_stats={track_running_stats}".format(**self.__dict__))
+        return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, bias={b}, "
+                "track_running_stats={track_running_stats}".format(**self.__dict__,
+                                                                   b=self.bias is not None))
 
     def _upgrade_state(self, state: dict, prefix: str, version: int | None) -> None:
         # torch: state dicts before version 2 have no num_batches_tracked; fill it in.
@@ -253,6 +258,7 @@ class _BatchNorm(_NormBase):
     def _accumulate(self, dweight: np.ndarray, dbias: np.ndarray) -> None:
         if self.weight is not None:
             self.weight.accumulate_grad(dweight)
+        if self.bias is not None:
             self.bias.accumulate_grad(dbias)
 
 

@@ -191,8 +191,8 @@ class _LazyBatchNorm(_LazyNormMixin, _BatchNorm):
 
     def __init__(self, eps: float = 1e-5, momentum: float | None = 0.1, affine: bool = True,
                  track_running_stats: bool = True, device: Any = None, dtype: Any = None, *,
-                 check_finite: bool | None = None) -> None:
-        super().__init__(0, eps, momentum, affine, track_running_stats, device, dtype,
+                 bias: bool = True, check_finite: bool | None = None) -> None:
+        super().__init__(0, eps, momentum, affine, track_running_stats, device, dtype, bias=bias,
                          check_finite=check_finite)
         self._lazy_setup()
 

@@ -39,10 +39,10 @@ class SyncBatchNorm(_BatchNorm):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group: Any = None,
-                 device: Any = None, dtype: Any = None, *, timeout: float | None = None,
-                 check_finite: bool | None = None) -> None:
+                 device: Any = None, dtype: Any = None, *, bias: bool = True,
+                 timeout: float | None = None, check_finite: bool | None = None) -> None:
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device, dtype,
-                         check_finite=check_finite)
+                         bias=bias, check_finite=check_finite)
         self._sync_init(process_group, None, timeout)
 
     def _sync_init(self, process_group: Any, original: type | None, timeout: float | None) -> None:
