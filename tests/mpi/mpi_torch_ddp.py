@@ -1,9 +1,10 @@
 """torch DistributedDataParallel (gloo backend on CPU) + syncnorm.torch.SyncBatchNorm on 4 MPI ranks
 follows the single-process large-batch run (run by tests/test_torch_mpi.py).
 
-DDP averages the parameter gradients over gloo; SyncBatchNorm sums the batch statistics over MPI. With
-equal per-rank batches, k SGD steps of the 4-rank job must give the loss per step and the parameters
-and buffers of one process training the same model (torch BatchNorm2d) on the concatenated batch.
+DDP averages the parameter gradients over gloo; SyncBatchNorm sums the batch statistics over MPI.
+k SGD steps of the 4-rank job must give the loss per step and the parameters and buffers of one
+process training the same model (torch BatchNorm2d) on the concatenated batch, for equal per-rank
+batches and for uneven ones with an empty rank.
 """
 from __future__ import annotations
 
@@ -69,9 +70,21 @@ def gloo():
         os.rmdir(tmpdir)
 
 
+def sizes(kind, step):
+    """Per-rank batch sizes: equal, or uneven with an empty rank (varying by step)."""
+    if kind == "even":
+        return [PER_RANK] * P
+    base = [5, 0, 3, 8, 2, 6][:P]
+    return base[step % P:] + base[:step % P]
+
+
 @pytest.mark.mpi(min_size=2)
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
-def test_ddp_with_syncbatchnorm_follows_the_large_batch_run(gloo, dtype, tol):
+@pytest.mark.parametrize("dtype,tol,kind", [(torch.float64, 1e-10, "even"), (torch.float32, 2e-5, "even"),
+                                            (torch.float64, 1e-10, "uneven")])
+def test_ddp_with_syncbatchnorm_follows_the_large_batch_run(gloo, dtype, tol, kind):
+    """Equal batches: each rank's loss is its batch mean, as usual. Uneven batches (a rank may have
+    none): each rank's loss is its sum * P / N, so that DDP's average of the gradients is the
+    gradient of the mean over all N samples."""
     rng = np.random.default_rng(7)
     ref = small_cnn(dtype)
     net = convert_sync_batchnorm(copy.deepcopy(ref))
@@ -79,21 +92,29 @@ def test_ddp_with_syncbatchnorm_follows_the_large_batch_run(gloo, dtype, tol):
     ddp = nn.parallel.DistributedDataParallel(net)
     opt_ref = torch.optim.SGD(ref.parameters(), lr=0.2, momentum=0.9)
     opt = torch.optim.SGD(ddp.parameters(), lr=0.2, momentum=0.9)
-    here = slice(RANK * PER_RANK, (RANK + 1) * PER_RANK)
     for step in range(STEPS):
-        X = torch.from_numpy(rng.normal(1.0, 2.0, (P * PER_RANK, 3, 6, 6))).to(dtype)
-        Y = torch.from_numpy(rng.integers(0, 5, P * PER_RANK))
+        ns = sizes(kind, step)
+        N = sum(ns)
+        X = torch.from_numpy(rng.normal(1.0, 2.0, (N, 3, 6, 6))).to(dtype)
+        Y = torch.from_numpy(rng.integers(0, 5, N))
+        here = slice(sum(ns[:RANK]), sum(ns[:RANK + 1]))
         opt_ref.zero_grad()
         loss_ref = nn.functional.cross_entropy(ref(X), Y)
         loss_ref.backward()
         opt_ref.step()
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(ddp(X[here]), Y[here])
+        out = ddp(X[here])
+        if kind == "even":
+            loss = nn.functional.cross_entropy(out, Y[here])
+            mine = loss.item() / P
+        else:
+            loss = nn.functional.cross_entropy(out, Y[here], reduction="sum") * (P / N)
+            mine = loss.item() / P
         loss.backward()
         opt.step()
-        mean_loss = C.allreduce_sum(np.array([loss.item()]), WORLD)[0] / P
+        mean_loss = C.allreduce_sum(np.array([mine]), WORLD)[0]
         assert abs(mean_loss - loss_ref.item()) <= tol * max(1.0, abs(loss_ref.item())), (
-            f"step {step}: 4-rank loss {mean_loss!r} vs single-process {loss_ref.item()!r}")
+            f"step {step}: {P}-rank loss {mean_loss!r} vs single-process {loss_ref.item()!r}")
     for (name, p), (_, q) in zip(net.named_parameters(), ref.named_parameters()):
         torch.testing.assert_close(p, q, atol=tol, rtol=tol, msg=f"parameter {name} after {STEPS} steps")
     for (name, b), (_, c) in zip(net.named_buffers(), ref.named_buffers()):
