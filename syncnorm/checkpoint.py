@@ -41,7 +41,9 @@ __all__ = ["FORMAT", "VERSION", "CheckpointError", "Checkpoint", "content_digest
            "load_checkpoint", "save_training_checkpoint", "load_training_checkpoint"]
 
 FORMAT = "syncnorm-checkpoint"
+"""The format name stored in every checkpoint's `__meta__` header."""
 VERSION = 1
+"""The format version this syncnorm writes; it reads versions 1..VERSION."""
 _META, _SUM = "__meta__", "__sha256__"
 _OK_KINDS = "biuf"
 

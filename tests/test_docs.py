@@ -8,10 +8,12 @@ blocks on 1 process or, with `mpi=N`, on N ranks through the MPI harness).
 """
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +69,25 @@ def test_site_builds_strict(tmp_path: Path) -> None:
     assert res.returncode == 0, f"mkdocs build --strict failed:\n{res.stdout[-8000:]}"
     pages = list((tmp_path / "site").rglob("index.html"))
     assert len(pages) >= 15, f"only {len(pages)} pages were built"
+    for mod in API_MODULES:  # every public name is rendered on its module's page
+        short = mod.split(".")[-1]
+        html = (tmp_path / "site" / "api" / short / "index.html").read_text()
+        source = (DOCS / "api" / f"{short}.md").read_text()
+        ids = set(re.findall(r'id="([^"]+)"', html))
+        missing = [n for n in _all_of(mod) if f"{mod}.{n}" not in ids
+                   and not any(i.endswith("." + n) for i in ids) and f"::: {mod}.{n}" not in source]
+        assert not missing, f"api/{short}.md does not render {mod}.{', '.join(missing)}"
+
+
+def _all_of(mod: str) -> list[str]:
+    """A module's __all__, read from its source (no import: syncnorm.torch needs torch)."""
+    path = ROOT / (mod.replace(".", "/") + ".py")
+    if not path.exists():
+        path = ROOT / mod.replace(".", "/") / "__init__.py"
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError(f"{mod} has no __all__")
 
 
 def test_api_pages_name_every_module() -> None:

@@ -25,10 +25,14 @@ def manual_seed(seed: int) -> np.random.Generator:
 
 
 def default_generator() -> np.random.Generator:
+    """The generator layers draw from when built without `generator=` (see `manual_seed`)."""
     return _DEFAULT
 
 
 def resolve_generator(generator: np.random.Generator | None) -> np.random.Generator:
+    """`generator` itself, or the default generator for None; TypeError for anything that is not a
+    numpy Generator.
+    """
     if generator is None:
         return _DEFAULT
     if not isinstance(generator, np.random.Generator):
@@ -76,11 +80,13 @@ def uniform_(array: np.ndarray, a: float = 0.0, b: float = 1.0,
 
 
 def zeros_(array: np.ndarray) -> np.ndarray:
+    """Fill `array` with 0 in place; returns it."""
     array[...] = 0
     return array
 
 
 def ones_(array: np.ndarray) -> np.ndarray:
+    """Fill `array` with 1 in place; returns it."""
     array[...] = 1
     return array
 

@@ -21,6 +21,9 @@ class StateDictError(RuntimeError):
 
 
 class IncompatibleKeys(NamedTuple):
+    """What `load_state_dict` returns: the keys the module expected but the state dict lacked, and
+    the keys of the state dict the module has no place for (both empty after a strict load).
+    """
     missing_keys: list[str]
     unexpected_keys: list[str]
 

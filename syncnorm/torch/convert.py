@@ -43,6 +43,9 @@ __all__ = ["convert_sync_batchnorm", "revert_sync_batchnorm", "KNOWN_BATCHNORMS"
 #: is kept); any other _BatchNorm subclass converts with a warning
 KNOWN_BATCHNORMS: set[type] = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                                nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d}
+"""The torch BatchNorm classes `convert_sync_batchnorm` reproduces completely (their own
+input-dimension check is kept); any other `_BatchNorm` subclass converts with a warning naming the
+methods that will not run."""
 
 _SAVED = "_sync_saved_attrs"
 
