@@ -39,7 +39,6 @@ class StepPlan:
     running: (mean, var) float64 (C,) each ("running" only).
     record: called with (count, mean, var) of the group's batch after a "sync" step with count > 0
         (updates the running statistics).
-    who: the layer's name for error messages.
     """
 
     mode: str
@@ -48,11 +47,11 @@ class StepPlan:
     shift: np.ndarray | None = None
     running: tuple[np.ndarray, np.ndarray] | None = None
     record: Callable[[float, np.ndarray, np.ndarray], None] | None = None
-    who: str = "SyncBatchNorm"
 
 
 def _f64(t: torch.Tensor | None) -> np.ndarray | None:
-    return None if t is None else t.detach().to(torch.float64).numpy()
+    """A float64 copy of a parameter (the values of this forward, whatever happens to it later)."""
+    return None if t is None else t.detach().to(torch.float64, copy=True).numpy()
 
 
 def _batch_stats(x3: np.ndarray, plan: StepPlan, dtype: torch.dtype,

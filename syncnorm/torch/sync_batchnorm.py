@@ -26,6 +26,11 @@ __all__ = ["SyncBatchNorm", "LazySyncBatchNorm", "RanksOutOfStepError"]
 _HAS_BIAS_KW = "bias" in inspect.signature(_BatchNorm.__init__).parameters
 
 
+def _f64(t: torch.Tensor) -> np.ndarray:
+    """A float64 numpy copy of a small tensor (never a view of a parameter or buffer)."""
+    return t.detach().to(torch.float64, copy=True).numpy()
+
+
 def _is_communicator(obj: Any) -> bool:
     return all(hasattr(obj, a) for a in ("Get_size", "Get_rank", "Allreduce", "Get_group"))
 
@@ -147,7 +152,7 @@ class SyncBatchNorm(_BatchNorm):
         """A per-channel value near the mean, identical on every rank of the group: the running
         mean, else the last training step's group mean, else 0 (non-finite entries become 0)."""
         if self.running_mean is not None:
-            k = self.running_mean.detach().to(torch.float64).numpy()
+            k = _f64(self.running_mean)
             if not np.isfinite(k).all():
                 k = np.where(np.isfinite(k), k, 0.0)
             return k
@@ -168,24 +173,21 @@ class SyncBatchNorm(_BatchNorm):
         nbt.add_(1)
         f = 1.0 / float(nbt) if self.momentum is None else float(self.momentum)
         rm, rv = self.running_mean, self.running_var
-        new_m = (1 - f) * rm.detach().to(torch.float64).numpy() + f * mean
-        new_v = (1 - f) * rv.detach().to(torch.float64).numpy() + f * (var * (n / (n - 1)))
+        new_m = (1 - f) * _f64(rm) + f * mean
+        new_v = (1 - f) * _f64(rv) + f * (var * (n / (n - 1)))
         rm.copy_(torch.from_numpy(new_m))
         rv.copy_(torch.from_numpy(new_v))
 
     def _plan(self) -> StepPlan:
-        who = type(self).__name__
         if self.training:
             return StepPlan("sync", self.eps, exchange=self._get_exchange(), shift=self._shift(),
-                            record=self._record, who=who)
+                            record=self._record)
         if self.running_mean is None and self.running_var is None:
-            return StepPlan("local", self.eps, shift=self._shift(), who=who)
+            return StepPlan("local", self.eps, shift=self._shift())
         if self.running_mean is None or self.running_var is None:
-            raise ValueError(f"{who}: running_mean and running_var must both be tensors or both be "
-                             "None in eval mode")
-        return StepPlan("running", self.eps, who=who,
-                        running=(self.running_mean.detach().to(torch.float64).numpy(),
-                                 self.running_var.detach().to(torch.float64).numpy()))
+            raise ValueError(f"{type(self).__name__}: running_mean and running_var must both be "
+                             "tensors or both be None in eval mode")
+        return StepPlan("running", self.eps, running=(_f64(self.running_mean), _f64(self.running_var)))
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
