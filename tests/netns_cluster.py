@@ -253,12 +253,17 @@ exec ip netns exec {self.prefix}-"$h" unshare --uts -- sh -c 'hostname "$0" && e
         return self.finish(self.popen(host, argv, env, cwd), timeout, started)
 
     def launch_line(self, nprocs: int, cmd: list[str], hosts: str | None = None,
-                    timeout: float = 120, extra: tuple[str, ...] = ()) -> list[str]:
+                    timeout: float = 120, extra: tuple[str, ...] = (),
+                    mpi: str = "openmpi") -> list[str]:
         """`python -m syncnorm.launch` across the cluster: the hostfile (slots, never
-        --oversubscribe) or `hosts` ('h1:2,h2:1'), the rsh agent, TCP only on the cluster subnet."""
-        where = ["--hosts", hosts] if hosts else ["--hostfile", self.hostfile]
+        --oversubscribe) or `hosts` ('h1:2,h2:1'), the rsh agent, TCP only on the cluster's links
+        (Open MPI: the subnet; MPICH, whose hydra selects by interface: eth0). `mpi` says which
+        MPI mpi4py loads in the environment the line will run in ('openmpi' or 'mpich')."""
+        hostfile = self.hostfile_mpich if mpi == "mpich" else self.hostfile
+        where = ["--hosts", hosts] if hosts else ["--hostfile", hostfile]
+        tcp = "eth0" if mpi == "mpich" else self.cidr
         return [sys.executable, "-m", "syncnorm.launch", "-n", str(nprocs), *where,
-                "--rsh-agent", self.agent, "--tcp", self.cidr, "--timeout", f"{timeout:g}",
+                "--rsh-agent", self.agent, "--tcp", tcp, "--timeout", f"{timeout:g}",
                 *extra, "--", *cmd]
 
     def pids(self, host: str | None = None) -> list[int]:
