@@ -41,6 +41,8 @@ from .moments import MIN_ROW, REDUCE_BLOCK, piece_bounds, rowdot, rows_view, wor
 
 __all__ = ["as_acm", "normalize", "backward_reduce", "backward_elemt", "eval_backward"]
 
+_DEFAULT_BUFSIZE = 8192  # numpy's default ufunc buffer, in elements
+
 #: fold (x - hi) * a + c into x * a + (c - hi * a) when |hi * a| is at most this (in units of the
 #: output's scale): the extra rounding is then below FOLD_LIMIT * eps of the working dtype
 FOLD_LIMIT = 4.0
@@ -78,7 +80,9 @@ def _foldable(hi: np.ndarray, invstd: np.ndarray) -> bool:
     """Folding costs FOLD_LIMIT*eps of the output's scale at most when |mean| <= FOLD_LIMIT * std
     (for the input gradient too: |h/N| <= std * rms(dy) bounds the x term by the same ratio)."""
     with np.errstate(invalid="ignore", over="ignore"):
-        return bool(np.all(np.abs(hi) * invstd <= FOLD_LIMIT))
+        r = np.abs(hi)
+        r *= invstd
+    return bool((r <= FOLD_LIMIT).all())
 
 
 @contextmanager
@@ -142,7 +146,7 @@ def _affine(out3: np.ndarray, x3: np.ndarray, hi: np.ndarray, a: np.ndarray, c: 
         # one multiply at the end (needs k != 0 and out not overlapping dy, which is read second)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             ak, ck64 = (a / k).astype(wd), (c / k).astype(wd)
-        factored = bool(np.all(np.isfinite(ak)) and np.all(np.isfinite(ck64))
+        factored = bool(np.isfinite(ak).all() and np.isfinite(ck64).all()
                         and not np.may_share_memory(out3, dy3))
         if factored:
             a, c = ak, ck64
@@ -153,7 +157,9 @@ def _affine(out3: np.ndarray, x3: np.ndarray, hi: np.ndarray, a: np.ndarray, c: 
     tbuf = np.empty(nbuf, wd) if (dy3 is not None and not factored) else None
     tiles = list(_tiles(A, C, M, reuse, reverse))
     c0, c1, m0, m1, _ = tiles[0]
-    with _unbuffered(((c1 - c0) * (m1 - m0) if reuse else m1 - m0) if native else None):
+    inner = (c1 - c0) * (m1 - m0) if reuse else m1 - m0
+    # (arrays within one default buffer are never cut or copied: no need to touch the setting)
+    with _unbuffered(inner if native and A * C * M > _DEFAULT_BUFSIZE else None):
         for c0, c1, m0, m1, astep in tiles:
             if reuse:  # (ct, m) tiles of the constants, in cache for every sample
                 cs = [np.repeat(v[c0:c1], m1 - m0, axis=1) for v in consts]

@@ -148,20 +148,24 @@ def _piece_moments(piece: np.ndarray, A: int, C: int, K: np.ndarray
     wd = work_dtype(piece.dtype)
     n = piece.shape[1]
     s, q = piece_sums(piece, wd)
-    s64 = s.astype(np.float64)
-    m = s64 / n
-    t2 = q.astype(np.float64) - s64 * m
-    t1 = np.zeros_like(m)
+    m = s.astype(np.float64)
+    m /= n
+    t2 = q.astype(np.float64)
+    t2 -= s * m
     # uncentred sums lose digits as m^2/var: sum again about the piece's mean where that is large
     # (or where the piece is constant); NaN/Inf compare False and propagate like torch
-    redo = np.flatnonzero(m * m > UNCENTRED_LIMIT * (t2 / n))
-    if redo.size:
-        mc = m[redo].astype(wd)
-        c1, c2 = centred_sums(piece[redo], mc, wd)
-        m[redo] = mc.astype(np.float64)
-        t1[redo] = c1
-        t2[redo] = c2
-    d = (m - np.tile(K, A)).reshape(A, C)  # piece mean - shift
+    bad = m * m > (UNCENTRED_LIMIT / n) * t2
+    if not bad.any():
+        d = m.reshape(A, C) - K  # piece mean - shift
+        return n * d.sum(axis=0), t2.reshape(A, C).sum(axis=0) + n * np.einsum("ac,ac->c", d, d)
+    redo = np.flatnonzero(bad)
+    t1 = np.zeros_like(m)
+    mc = m[redo].astype(wd)
+    c1, c2 = centred_sums(piece[redo], mc, wd)
+    m[redo] = mc.astype(np.float64)
+    t1[redo] = c1
+    t2[redo] = c2
+    d = m.reshape(A, C) - K
     t1 = t1.reshape(A, C)
     t2 = t2.reshape(A, C)
     return (t1 + n * d).sum(axis=0), (t2 + d * (2 * t1 + n * d)).sum(axis=0)
