@@ -224,6 +224,62 @@ def test_a_collective_timeout_prints_the_layer_and_ends_the_job(tmp_path, runner
     assert ("CollectiveTimeoutError: forward Allreduce of SyncBatchNorm #0 (3 channels) in "
             "ProcessGroup(world, ranks=[0, 1]) did not complete within 2 s") in out
     assert "PAST THE COLLECTIVE" not in out
+    if not runner:  # rank 0 hung in MPI_Finalize at exit until the alarm ended it
+        assert "signal 14 (Alarm clock)" in out, out
     assert _leftovers(marker) == []
     print(f"collective timeout 2 s ({' '.join(runner) or 'plain'}): exit {r.returncode} "
           f"after {took:.1f} s")
+
+
+# ------------------------------------------------------------------------- the rank-side fail-safe
+def _fatal_probe(grace: str, then: str) -> subprocess.CompletedProcess:
+    code = ("import time\n"
+            "from syncnorm.distributed.failsafe import report_fatal\n"
+            "report_fatal('CollectiveTimeoutError: demo', 'world rank 0 on here')\n"
+            f"{then}\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), SYNCNORM_ABORT_GRACE=grace)
+    return subprocess.run([PY, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_fatal_report_prints_the_marker_and_ends_a_stuck_process():
+    t0 = time.monotonic()
+    r = _fatal_probe("1", "time.sleep(45)")  # stuck in Python: faulthandler's timer ends it
+    took = time.monotonic() - t0
+    assert r.returncode != 0
+    assert r.stderr.startswith("[syncnorm fatal] world rank 0 on here: CollectiveTimeoutError: demo"
+                               " [this process ends in 1 s if it is still alive: "
+                               "SYNCNORM_ABORT_GRACE]")
+    assert "Timeout (0:00:01)!" in r.stderr  # faulthandler's dump says where it was stuck
+    assert took < 40, "the watchdog did not end the process"
+
+
+def test_fatal_report_watchdog_still_ends_a_process_stuck_at_exit():
+    # stuck after its main code ended, in an exit handler: faulthandler's timer (exit 1) or the
+    # alarm (SIGALRM) ends it. The case the alarm exists for, a hang inside mpi4py's MPI_Finalize
+    # after Python has cancelled faulthandler's timer, is test_a_collective_timeout_prints_the_
+    # layer_and_ends_the_job[plain python] (exit 142 = 128 + SIGALRM from the launcher).
+    t0 = time.monotonic()
+    r = _fatal_probe("1", "import atexit; atexit.register(time.sleep, 45)")
+    assert r.returncode in (1, -14), (r.returncode, r.stderr)
+    assert time.monotonic() - t0 < 40
+
+
+def test_fatal_report_without_watchdog_lets_the_process_finish():
+    r = _fatal_probe("off", "time.sleep(2.5); print('finished', flush=True)")
+    assert r.returncode == 0 and "finished" in r.stdout
+    assert "this process ends" not in r.stderr
+
+
+@pytest.mark.parametrize("raw, want", [("", 10.0), ("2.5", 2.5), ("off", None), ("none", None)])
+def test_abort_grace_values(monkeypatch, raw, want):
+    from syncnorm.distributed.failsafe import abort_grace
+    monkeypatch.setenv("SYNCNORM_ABORT_GRACE", raw)
+    assert abort_grace() == want
+
+
+@pytest.mark.parametrize("raw", ["soon", "0", "-1"])
+def test_abort_grace_rejects_nonsense(monkeypatch, raw):
+    from syncnorm.distributed.failsafe import abort_grace
+    monkeypatch.setenv("SYNCNORM_ABORT_GRACE", raw)
+    with pytest.raises(ValueError, match="SYNCNORM_ABORT_GRACE"):
+        abort_grace()
