@@ -161,13 +161,20 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--block", type=int, default=10)
     p.add_argument("--skip-demo", action="store_true")
+    p.add_argument("--yield-when-idle", action="store_true",
+                   help="Open MPI: waiting ranks yield the core (OMPI_MCA_mpi_yield_when_idle=1); "
+                        "helps when other processes share the cores")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     sizes = [int(s) for s in args.batch_sizes.split(",")]
+    if args.yield_when_idle:
+        os.environ["OMPI_MCA_mpi_yield_when_idle"] = "1"
     if args.worker:
         worker(sizes, args.rounds, args.block)
         return 0
-    print(f"machine: {os.cpu_count()} core(s); ranks: {args.nprocs}; one BLAS thread per rank")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"machine: {os.cpu_count()} core(s), load average {load:.2f} at start; ranks: {args.nprocs}; "
+          f"one BLAS thread per rank{'; yield when idle' if args.yield_when_idle else ''}")
     rc, out, _ = launch(args.nprocs, [sys.executable, "-m", "mpi4py", __file__, "--worker",
                                       "--batch-sizes", args.batch_sizes, "--rounds", str(args.rounds),
                                       "--block", str(args.block)], timeout=900)
