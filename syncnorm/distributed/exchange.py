@@ -1,9 +1,13 @@
 """The statistics exchange of one synchronized normalization layer: ONE Allreduce each way.
 
 Forward sends [fingerprint(4), errors, count, S1(C), S2(C)] and backward [fingerprint(4), errors,
-sum dy (C), sum dy*(x-mean) (C)], all float64, in buffers made once per layer: the bytes per step do
-not depend on the group size (all-gather designs send P*(2C+1) values per rank). Used by
-`nn.SyncBatchNorm` and by the PyTorch adapter alike.
+0, sum dy (C), sum dy*(x-mean) (C)], all float64 (2C+6 values each way), in buffers made once per
+layer: the bytes per step do not depend on the group size (all-gather designs send P*(2C+1) values
+per rank). Used by `nn.SyncBatchNorm` and by the PyTorch adapter alike. The backward buffer carries
+one unused value so that both directions have the same size: a rank that skips a backward (or runs
+a forward twice) then meets its peers' other-phase call with a buffer of the same length, and the
+fingerprint catches it on every rank; with lengths that differ, MPI's collective can hang (Open MPI
+at 4 ranks) instead of failing.
 
 Ranks out of step fail loudly instead of mixing statistics. Each rank adds two 16-bit values v and
 their squares v*v. The reduced sums are the same on every rank, and P * sum(v*v) == sum(v)**2 holds
@@ -18,7 +22,8 @@ error; the other ranks see errors > 0 and raise too, so no rank waits for ever o
 
 Limit (MPI's, not ours): two ranks whose calls pair layers with *different* channel counts pass
 buffers of different lengths, which MPI defines as erroneous; Open MPI reports a truncation (raised
-here as RanksOutOfStepError) for small buffers but may corrupt memory for large ones. Set
+here as RanksOutOfStepError) for small buffers on 2 ranks, but may hang on more ranks or corrupt
+memory for large buffers. Set
 SYNCNORM_CHECK_ORDER=1 (or `check_order=True`) while debugging: each call then first exchanges a
 fixed-size fingerprint (a second, 64-byte collective), which turns every such case into a clean error.
 """
@@ -77,7 +82,7 @@ class StatsExchange:
         self.forward_calls = 0
         self.backward_calls = 0
         self._fwd = np.empty(_HEAD + 1 + 2 * channels)
-        self._bwd = np.empty(_HEAD + 2 * channels)
+        self._bwd = np.empty(_HEAD + 1 + 2 * channels)  # as long as _fwd (see the module doc)
         self._pre = np.empty(4)
 
     def describe(self) -> str:
@@ -141,11 +146,12 @@ class StatsExchange:
         if self.group.size == 1:
             return g, h
         c, buf = self.channels, self._bwd
-        buf[_HEAD:_HEAD + c] = g
-        buf[_HEAD + c:] = h
+        buf[_HEAD] = 0.0
+        buf[_HEAD + 1:_HEAD + 1 + c] = g
+        buf[_HEAD + 1 + c:] = h
         self._exchange(buf, fingerprint(self.layer_index, self.backward_calls, c, "backward"),
                        fingerprint(*agree), "backward", False)
-        return buf[_HEAD:_HEAD + c].copy(), buf[_HEAD + c:].copy()
+        return buf[_HEAD + 1:_HEAD + 1 + c].copy(), buf[_HEAD + 1 + c:].copy()
 
     def fail(self, phase: str) -> None:
         """Join this call's collective with the error flag set (this rank's input was bad), so the
