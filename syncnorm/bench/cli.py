@@ -195,6 +195,8 @@ def measure_comm(nprocs: list[int], quick: bool, timeout: float, clock: str, log
             "sync_over_local_q1": st.get("ratio_wall_q1"),
             "sync_over_local_min": st.get("ratio_wall_min"),
             "sync_over_local_cpu": st["ratio_cpu"],
+            "sync_over_local_outside_collectives_cpu": st.get("ratio_outside_collectives_cpu"),
+            "allreduce_step_s": st.get("allreduce_step_s"),
             "oversubscribed": P > (os.cpu_count() or 1)})
     out: dict[str, Any] = {"channels": C, "shape_per_rank": shape, "measured": measured,
                            "notes": notes}

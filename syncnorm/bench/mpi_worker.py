@@ -13,7 +13,9 @@
    step, which a busy machine disturbs least; and, per rank, of the time outside the collectives
    (the wrapper also times the calls), which separates what SyncBatchNorm computes and packs from
    the time spent waiting for the other ranks (co-scheduling, on a machine with more runnable
-   processes than cores).
+   processes than cores), also on the CPU clock; and the step's two Allreduces timed alone at
+   their real sizes (`allreduce_step_s`): what the exchange itself costs when the ranks arrive
+   together.
 3. Allreduce times at a few message sizes (slowest rank, median), for the alpha-beta fit.
 
 Rank 0 writes the results as JSON to --out. All communication goes through
@@ -49,11 +51,13 @@ class CountingComm:
         self.calls: Counter = Counter()
         self.bytes = 0
         self.seconds = 0.0  # wall time spent inside the collectives
+        self.cpu_seconds = 0.0  # CPU time of this thread inside them (MPI polls while waiting)
 
     def reset(self) -> None:
         self.calls = Counter()
         self.bytes = 0
         self.seconds = 0.0
+        self.cpu_seconds = 0.0
 
     def snapshot(self) -> tuple[dict[str, int], int]:
         return dict(self.calls), self.bytes
@@ -67,11 +71,12 @@ class CountingComm:
             self.calls[name] += 1
             self.bytes += sum(a.nbytes for a in list(args) + list(kw.values())
                               if isinstance(a, np.ndarray))
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return attr(*args, **kw)
             finally:
                 self.seconds += time.perf_counter() - t0
+                self.cpu_seconds += time.thread_time() - c0
         return counted
 
 
@@ -141,8 +146,8 @@ def step_times(C: int, x: np.ndarray, dy: np.ndarray, base: Any, rounds: int, bl
 
     timer = CountingComm(base)
     layers = {"local": nn.BatchNorm2d(C), "sync": nn.SyncBatchNorm(C, process_group=timer)}
-    rec: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": [], "in_collectives": []}
-                                              for k in layers}
+    rec: dict[str, dict[str, list[float]]] = {
+        k: {"wall": [], "cpu": [], "in_collectives": [], "cpu_in_collectives": []} for k in layers}
     names = list(layers)
     for r in range(rounds):
         for i in range(len(names)):
@@ -159,6 +164,7 @@ def step_times(C: int, x: np.ndarray, dy: np.ndarray, base: Any, rounds: int, bl
                     rec[name]["wall"].append(w1 - w0)
                     rec[name]["cpu"].append(c1 - c0)
                     rec[name]["in_collectives"].append(timer.seconds)
+                    rec[name]["cpu_in_collectives"].append(timer.cpu_seconds)
     out: dict[str, Any] = {}
     for name in names:
         out[name] = {clk: summarize(list(_slowest(v, base))).to_json(keep_samples=False)
@@ -169,6 +175,9 @@ def step_times(C: int, x: np.ndarray, dy: np.ndarray, base: Any, rounds: int, bl
         out[name]["rank_outside_collectives_wall"] = summarize(outside).to_json(keep_samples=False)
         out[name]["rank_in_collectives_wall"] = summarize(
             rec[name]["in_collectives"]).to_json(keep_samples=False)
+        # CPU time outside the collectives: the work itself, whatever the other ranks do
+        cpu_out = [c - ci for c, ci in zip(rec[name]["cpu"], rec[name]["cpu_in_collectives"])]
+        out[name]["rank_outside_collectives_cpu"] = summarize(cpu_out).to_json(keep_samples=False)
     for clk in ("wall", "cpu"):
         out[f"ratio_{clk}"] = out["sync"][clk]["median_s"] / out["local"][clk]["median_s"]
     # the fastest quarter of the steps: what the step costs when no other process intervenes
@@ -177,6 +186,9 @@ def step_times(C: int, x: np.ndarray, dy: np.ndarray, base: Any, rounds: int, bl
     # what SyncBatchNorm adds besides waiting in the collectives (medians, this rank)
     out["ratio_outside_collectives"] = (out["sync"]["rank_outside_collectives_wall"]["median_s"]
                                         / out["local"]["rank_outside_collectives_wall"]["median_s"])
+    out["ratio_outside_collectives_cpu"] = (
+        out["sync"]["rank_outside_collectives_cpu"]["median_s"]
+        / out["local"]["rank_outside_collectives_cpu"]["median_s"])
     return out
 
 
@@ -227,6 +239,13 @@ def main(argv: list[str] | None = None) -> int:
     res["step_time"] = step_times(C, x, dy, base, args.rounds, args.block)
     if P >= 2 and args.sizes:
         res["allreduce"] = allreduce_times(base, list(args.sizes), args.allreduce_reps)
+    if P >= 2:
+        # the step's two Allreduces at their real sizes, timed alone (ranks started together)
+        c = res["counts"]
+        msg = [c["forward"]["bytes"] / max(1, c["forward"]["collectives"]),
+               c["backward"]["bytes"] / max(1, c["backward"]["collectives"])]
+        t_ar = allreduce_times(base, [int(m) for m in msg], args.allreduce_reps)["median_s"]
+        res["step_time"]["allreduce_step_s"] = float(sum(t_ar))
     if rank == 0:
         with open(args.out, "w") as f:
             json.dump(res, f, indent=1)

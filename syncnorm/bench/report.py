@@ -65,13 +65,17 @@ def terminal_tables(res: dict) -> str:
         lines += ["", "SyncBatchNorm communication per step and rank (measured by a counting "
                   "communicator) vs the all-gather design (computed):",
                   f"{'P':>4s} {'collectives':>11s} {'bytes':>9s} {'all-gather bytes':>17s} "
-                  f"{'sync/local step: median':>24s} {'q1':>7s} {'min':>7s}"]
+                  f"{'sync/local step: median':>24s} {'q1':>7s} {'min':>7s} "
+                  f"{'cpu outside coll.':>17s} {'2 Allreduce us':>14s}"]
         for m in comm["measured"]:
-            st = [m.get(k) for k in ("sync_over_local", "sync_over_local_q1", "sync_over_local_min")]
+            st = [m.get(k) for k in ("sync_over_local", "sync_over_local_q1", "sync_over_local_min",
+                                     "sync_over_local_outside_collectives_cpu")]
             st = ["-" if v is None else f"{v:.3f}x" for v in st]
+            ar = m.get("allreduce_step_s")
             lines.append(f"{m['P']:>4d} {m['collectives_per_step']:>11g} "
                          f"{m['bytes_per_rank_per_step']:>9.0f} {m['allgather_bytes']:>17.0f} "
-                         f"{st[0]:>24s} {st[1]:>7s} {st[2]:>7s}"
+                         f"{st[0]:>24s} {st[1]:>7s} {st[2]:>7s} {st[3]:>17s} "
+                         f"{'-' if ar is None else f'{ar * 1e6:.1f}':>14s}"
                          + ("  (oversubscribed)" if m.get("oversubscribed") else ""))
         if comm.get("model"):
             mo = comm["model"]
@@ -113,14 +117,18 @@ def markdown_tables(res: dict) -> str:
     comm = res.get("comm") or {}
     if comm.get("measured"):
         out += ["", "| P | collectives / step | bytes / rank / step | all-gather design bytes | "
-                "SyncBatchNorm / BatchNorm step (median) | (fastest quarter) | (fastest) |",
-                "|---|---|---|---|---|---|---|"]
+                "SyncBatchNorm / BatchNorm step (median) | (fastest quarter) | (fastest) | "
+                "(CPU outside the collectives) | the 2 Allreduces alone (µs) |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for m in comm["measured"]:
-            st = [m.get(k) for k in ("sync_over_local", "sync_over_local_q1", "sync_over_local_min")]
+            st = [m.get(k) for k in ("sync_over_local", "sync_over_local_q1", "sync_over_local_min",
+                                     "sync_over_local_outside_collectives_cpu")]
             st = ["-" if v is None else f"{v:.3f}x" for v in st]
+            ar = m.get("allreduce_step_s")
             out.append(f"| {m['P']}{' (oversubscribed)' if m.get('oversubscribed') else ''} | "
                        f"{m['collectives_per_step']:g} | {m['bytes_per_rank_per_step']:.0f} | "
-                       f"{m['allgather_bytes']:.0f} | {st[0]} | {st[1]} | {st[2]} |")
+                       f"{m['allgather_bytes']:.0f} | {st[0]} | {st[1]} | {st[2]} | {st[3]} | "
+                       f"{'-' if ar is None else f'{ar * 1e6:.1f}'} |")
     if res.get("memory"):
         out += ["", "| layer | input | implementation | input MiB | forward (input buffers) | "
                 "backward (input buffers) |", "|---|---|---|---|---|---|"]
