@@ -40,6 +40,7 @@ class CountingComm:
         self._comm = comm
         self.calls: Counter = Counter()
         self.bytes = 0
+        self.seconds = 0.0  # wall time inside the collectives (latency + waiting for the peers)
 
     def __getattr__(self, name):
         attr = getattr(self._comm, name)
@@ -49,7 +50,11 @@ class CountingComm:
         def counted(*args, **kw):
             self.calls[name] += 1
             self.bytes += sum(a.nbytes for a in args if isinstance(a, np.ndarray))
-            return attr(*args, **kw)
+            t0 = time.perf_counter()
+            try:
+                return attr(*args, **kw)
+            finally:
+                self.seconds += time.perf_counter() - t0
         return counted
 
 
@@ -102,6 +107,7 @@ def worker(batch_sizes: list[int], rounds: int, block: int) -> None:
                 one(name)
         for name in runs:
             runs[name][3].calls.clear()
+            runs[name][3].seconds = 0.0
         for r in range(rounds):
             order = ("sync", "local") if r % 2 == 0 else ("local", "sync")
             for name in order:
@@ -125,6 +131,13 @@ def worker(batch_sizes: list[int], rounds: int, block: int) -> None:
             f"(target <= 1.03x); median of paired-block ratios {paired:.3f}x; fastest blocks "
             f"{best:.3f}x")
         say(f"    collectives per step: SyncBatchNorm {fmt(per_step['sync'])}; local {fmt(per_step['local'])}")
+        coll = {n: v[3].seconds / (rounds * block) for n, v in runs.items()}
+        mean = {n: float(np.mean(v[4])) for n, v in runs.items()}
+        say(f"    time inside collectives (latency + waiting for the other rank): sync "
+            f"{coll['sync'] * 1e3:.2f} ms/step, local {coll['local'] * 1e3:.2f} ms/step; mean step "
+            f"minus that: sync {(mean['sync'] - coll['sync']) * 1e3:.2f} ms, local "
+            f"{(mean['local'] - coll['local']) * 1e3:.2f} ms -> ratio "
+            f"{(mean['sync'] - coll['sync']) / (mean['local'] - coll['local']):.3f}x (this rank)")
         q = {n: np.percentile(v[4], [25, 75]) * 1e3 for n, v in runs.items()}
         say(f"    interquartile ranges: sync {q['sync'][0]:.2f}-{q['sync'][1]:.2f} ms, local "
             f"{q['local'][0]:.2f}-{q['local'][1]:.2f} ms")
