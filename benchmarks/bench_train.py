@@ -73,6 +73,23 @@ def worker(batch_sizes: list[int], rounds: int, block: int) -> None:
     P, rank = world.size, world.rank
     data = load_digits()
     say = print if rank == 0 else (lambda *a, **k: None)
+    if P > 1:  # the fixed cost of one synchronized statistics exchange, against a bare Allreduce
+        from syncnorm.distributed.exchange import StatsExchange
+        ex = StatsExchange(world, 10 ** 6, 32, "bench")
+        buf, s1, s2 = np.zeros(2 * 32 + 6), np.zeros(32), np.zeros(32)
+        best = {"bare": np.inf, "exchange": np.inf}
+        for _ in range(5):
+            for name in best:
+                C.allreduce_sum(np.zeros(1), world.comm)
+                t0 = time.perf_counter()
+                for _ in range(500):
+                    if name == "bare":
+                        C.allreduce_sum(buf, world.comm)
+                    else:
+                        ex.forward(64.0, s1, s2, ("float32", s1.tobytes()))
+                best[name] = min(best[name], (time.perf_counter() - t0) / 500)
+        say(f"part 0: one SyncBatchNorm statistics exchange (32 channels) {best['exchange'] * 1e6:.1f} us, "
+            f"a bare Allreduce of the same size {best['bare'] * 1e6:.1f} us (best of 5 x 500)")
     say(f"part 1: one training step of the demo CNN (width 16) on {P} rank(s), "
         f"{rounds} rounds x {block} steps per variant, interleaved")
     for B in batch_sizes:
