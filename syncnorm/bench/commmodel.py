@@ -18,9 +18,10 @@ With the usual algorithms (Thakur, Rabenseifner & Gropp 2005):
     recursive-doubling Allreduce          ceil(log2 P) * (alpha + n * beta)
     ring Allgather of n bytes per rank    (P - 1) * (alpha + n * beta)
 
-alpha and beta come from Allreduce times measured on this machine at P = 2: alpha is the time of
-the smallest message (one exchange of recursive doubling), beta the least-squares slope of t(n)
-(beta for both algorithms at P = 2). An MPI library picks the faster Allreduce
+alpha and beta come from Allreduce times measured on this machine at P = 2 (the fastest quarter
+of the repetitions at each size, which other processes disturb least): alpha is the time of the
+smallest message (one exchange of recursive doubling), beta the least-squares slope of t(n) (beta
+for both algorithms at P = 2). An MPI library picks the faster Allreduce
 algorithm for the message size, so the projection takes the smaller of ring and recursive
 doubling for every Allreduce (small BatchNorm messages: recursive doubling, log2 P latencies),
 and the ring for the all-gather.
@@ -37,7 +38,8 @@ MODEL_TEXT = ("alpha-beta model: a message of n bytes costs alpha + n*beta; ring
               "2(P-1)alpha + 2(P-1)/P n beta; recursive-doubling Allreduce ceil(log2 P)(alpha + "
               "n beta); ring Allgather of n bytes per rank (P-1)(alpha + n beta); alpha = time of "
               "an 8-byte Allreduce at P=2, beta = slope of the Allreduce time in the message size "
-              "at P=2; each Allreduce takes the faster of ring and recursive doubling")
+              "at P=2 (fastest quarter of the repetitions); each Allreduce takes the faster of "
+              "ring and recursive doubling")
 
 
 def ring_allreduce(n: float, P: int, alpha: float, beta: float) -> float:
