@@ -140,7 +140,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         elif ctx.mode == "running" and not (need_w or need_b):
             g = h = None
         else:
-            g, h = K.backward_reduce(dy3, x3, mean)
+            g, h = K.backward_reduce(dy3, x3, mean, invstd)  # invstd lets it fold when exact
         dw = torch.from_numpy(h * invstd).to(wdt) if need_w else None
         db = torch.from_numpy(g).to(bdt) if need_b else None
         dx = None
