@@ -168,6 +168,11 @@ def _read_all(path: Path) -> dict[str, np.ndarray]:
     except MemoryError:  # a damaged or crafted member header declaring a huge array
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted): a member "
                               "declares an array too large to allocate") from None
+    except Exception as e:  # noqa: BLE001 - zipfile and numpy raise many kinds on a damaged file
+        # (NotImplementedError for a flipped version field, RuntimeError for a flipped encryption
+        # flag, struct.error, ...): whatever it is, the file is unreadable
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupted): "
+                              f"{type(e).__name__}: {e}") from None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

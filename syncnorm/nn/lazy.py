@@ -178,11 +178,20 @@ class _LazyNormMixin:
         super()._upgrade_state(state, prefix, version)  # type: ignore[misc]
         names = [n for n, v in chain(self._parameters.items(), self._buffers.items())
                  if is_lazy(v) and prefix + n in state]
-        sizes = [np.shape(state[prefix + n]) for n in names]
-        features = next((s[0] for s in sizes if len(s) == 1), None)
+        sizes = [_shape_or_none(state[prefix + n]) for n in names]
+        features = next((s[0] for s in sizes if s is not None and len(s) == 1), None)
         if features is None:  # nothing to load here, or no 1-D entry (a size mismatch is reported)
             return None
         return self._materialize(int(features))
+
+
+def _shape_or_none(value: Any) -> tuple[int, ...] | None:
+    """The shape of a state-dict value, or None when numpy cannot read it as an array (a ragged
+    list, say: load_state_dict then reports it as "not an array" instead of crashing here)."""
+    try:
+        return np.shape(value)
+    except (ValueError, TypeError):
+        return None
 
 
 # --------------------------------------------------------------------------- LazyBatchNorm
