@@ -48,7 +48,7 @@ def _stats_ok(s):
 
 
 def test_quick_run_meta_floor_and_layers(quick_run):
-    res, out, stdout = quick_run
+    res, _out, stdout = quick_run
     meta = res["meta"]
     assert meta["quick"] is True and meta["tool"] == "syncnorm-bench"
     assert meta["threads"] == {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
@@ -60,7 +60,7 @@ def test_quick_run_meta_floor_and_layers(quick_run):
     layers = {(e["layer"], e["shape_text"], e["pass"]) for e in res["layers"]}
     expected = {"BatchNorm2d", "GroupNorm", "LayerNorm", "InstanceNorm2d"}
     assert {e["layer"] for e in res["layers"]} == expected
-    assert len({(l, s) for l, s, _ in layers if l == "BatchNorm2d"}) == 2  # two BN shapes
+    assert len({(ly, sh) for ly, sh, _ in layers if ly == "BatchNorm2d"}) == 2  # two BN shapes
     assert len(layers) == len(res["layers"]) == 5 * 3
     torch_there = res["meta"]["torch"] is not None
     for e in res["layers"]:

@@ -99,7 +99,7 @@ def layer_specs(quick: bool = False) -> list[LayerSpec]:
 
     bn_shapes = [(4, 8, 8, 8), (4, 16, 7, 7)] if quick else [(32, 64, 32, 32), (32, 256, 28, 28)]
     fam = bn_shapes[1]
-    N, C, H, W = fam
+    _, C, H, W = fam
     G = 4 if quick else 32
     specs = []
     for s in bn_shapes:

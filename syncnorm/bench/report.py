@@ -157,7 +157,7 @@ def plot_times(res: dict, path: Path) -> None:
     clock = res["meta"]["clock"]
     layers = []
     for e in res["layers"]:
-        if e["label"] + e["shape_text"] not in [l[0] for l in layers]:
+        if e["label"] + e["shape_text"] not in [k for k, _ in layers]:
             layers.append((e["label"] + e["shape_text"], f"{e['label']}\n{e['shape_text']}"))
     fig, axes = plt.subplots(1, 3, figsize=(15, 1.1 + 0.75 * len(layers)), sharey=True)
     colors = {"syncnorm": "#3949ab", "textbook": "#9e9e9e", "torch": "#ef6c00"}
@@ -180,7 +180,7 @@ def plot_times(res: dict, path: Path) -> None:
         ax.set_title(f"{pname} (training)")
         ax.set_xlabel("time / bandwidth floor (1 = floor)")
         ax.set_yticks(range(len(layers)))
-        ax.set_yticklabels([l[1] for l in layers], fontsize=8)
+        ax.set_yticklabels([text for _, text in layers], fontsize=8)
         ax.invert_yaxis()
         ax.grid(axis="x", alpha=0.3)
     axes[0].legend(loc="lower right", fontsize=8)

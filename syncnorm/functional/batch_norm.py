@@ -20,12 +20,14 @@ Passes over memory (what the bandwidth floor of `syncnorm-bench` counts): forwar
 
 * reductions (`moments`, `backward_reduce`): blocks of whole rows of M contiguous values, two BLAS
   calls per block (a row-wise dot, then a matrix-vector product on the block while it is in cache);
-* elementwise passes (`_affine`): tiles of `ct` channels x `m` positions x a few samples. With four
-  or more samples the per-channel constants are expanded once per tile into (ct, m) arrays that
-  stay in cache for every sample, so each operation is one long contiguous inner loop (rows shorter
-  than REUSE_MAX_ROW); otherwise they are broadcast as (ct, 1) columns. Meanwhile the ufunc buffer is kept small
-  (`_unbuffered`): numpy >= 2.3 would otherwise copy broadcast constants into its buffers to
-  lengthen the inner loop, which costs more than the operation itself.
+* elementwise passes (`_affine`): tiles of `ct` channels x `m` positions x a few samples, about
+  ELEM_BLOCK values. With four or more samples and rows shorter than REUSE_MAX_ROW, the
+  per-channel constants are expanded once per tile into (ct, m) arrays that stay in cache for
+  every sample, so each operation is one long contiguous inner loop; otherwise they are broadcast
+  as (ct, 1) columns. The ufunc buffer is set to one inner loop meanwhile (`_unbuffered`): numpy
+  >= 2.3 would otherwise copy broadcast constants into its buffers to lengthen the inner loop,
+  which costs more than the operation itself. The forward is y = x*a + c (two calls per block),
+  the input gradient dx = k*(dy + x*a' + c') (four: the dy term is a plain add).
 * `backward_elemt` runs its tiles in reverse order, so it starts on the data `backward_reduce`
   read last, which may still be in the last-level cache (within noise on the 2-core test machine,
   whose L3 other processes share).

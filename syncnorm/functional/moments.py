@@ -30,8 +30,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["moments", "mean_var", "poorly_shifted", "row_blocks", "work_dtype", "rows_view",
-           "block_ranges", "piece_bounds", "piece_sums", "rowdot", "BLOCK_ELEMS", "MIN_ROW", "ROW_PIECE", "REDUCE_BLOCK",
-           "UNCENTRED_LIMIT"]
+           "block_ranges", "piece_bounds", "piece_sums", "rowdot", "BLOCK_ELEMS", "MIN_ROW",
+           "ROW_PIECE", "REDUCE_BLOCK", "UNCENTRED_LIMIT"]
 
 #: elements per block of rows (float32: 128 KiB; a few such blocks stay in L2)
 BLOCK_ELEMS = 1 << 15
