@@ -7,12 +7,13 @@ batch.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from mpi4py import MPI
 
@@ -127,11 +128,14 @@ def scenarios(draw):
     return groups, ndim, C, spatial, batches, kw, dtype, mean, seed
 
 
-# every rank draws the same examples: derandomized, no database, no shrinking (which would
-# depend on a failure that only one rank saw)
+# every rank draws the same examples: one fixed seed, no database, no shrinking (which would
+# depend on a failure that only one rank saw). SYNCNORM_FUZZ_EXAMPLES raises the count for the slow
+# run (tests/test_sbn_fuzz_mpi.py); SYNCNORM_FUZZ_SEED picks another sequence (the same on all ranks).
 @pytest.mark.mpi(min_size=1)
-@settings(derandomize=True, database=None, max_examples=25, deadline=None,
+@settings(derandomize=False, database=None, deadline=None,
+          max_examples=int(os.environ.get("SYNCNORM_FUZZ_EXAMPLES", "25")),
           phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck))
+@seed(int(os.environ.get("SYNCNORM_FUZZ_SEED", "0")))
 @given(scenarios())
 def test_equals_single_process_batchnorm_on_the_group_batch(sc):
     groups, ndim, C, spatial, batches, kw, dtype, mean, seed = sc
@@ -166,13 +170,22 @@ def test_equals_single_process_batchnorm_on_the_group_batch(sc):
             m.zero_grad()
         y_ref = ref(x_group)
         y = sync(xs[RANK])
-        tol = 1e-10 if dtype == "float64" else 3e-5
+        # float64: the statistics of a step whose shift is far from the mean lose up to ~1e-8 of the
+        # variance (docs/numerics.md); with 2 values per channel dx cancels down to ~1e-4 of dy
+        tol = 1e-9 if dtype == "float64" else 3e-5
         assert y.shape == xs[RANK].shape and y.dtype == np.dtype(dtype)
         np.testing.assert_allclose(y, y_ref[here], atol=tol, rtol=tol)
         dx_ref = ref.backward(dy_group)
         dx = sync.backward(dys[RANK])
         assert not np.any(np.isnan(dx))
-        np.testing.assert_allclose(dx, dx_ref[here], atol=tol, rtol=tol)
+        # dx is dy * invstd minus terms that cancel it: its rounding scales with dy * invstd, which
+        # is large for a channel whose few values lie close together
+        dx_scale = 1.0
+        if x_group.size:
+            axes = (0,) + tuple(range(2, x_group.ndim))
+            invstd = 1 / np.sqrt(x_group.astype(np.float64).var(axis=axes).min() + 1e-5)
+            dx_scale += np.abs(dy_group).max() * invstd
+        np.testing.assert_allclose(dx, dx_ref[here], atol=tol * dx_scale, rtol=tol)
         if kw["affine"]:
             g = np.concatenate([sync.weight.grad, sync.bias.grad]).astype(np.float64)
             if mine.size > 1:
