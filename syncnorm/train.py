@@ -149,6 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             except CheckpointError as e:
                 print(f"rank {rank}: cannot resume: {e}", file=sys.stderr, flush=True)
                 return 2
+            missing = [k for k in ("run", "epoch", "step_in_epoch", "global_step", "sampler", "epoch_loss")
+                       if k not in meta] or ([] if isinstance(meta["run"], dict) else ["run"])
+            if missing:  # a valid checkpoint, but not one syncnorm-train wrote
+                print(f"rank {rank}: cannot resume from {ckpt}: it was not written by syncnorm-train "
+                      f"(its metadata lacks {', '.join(missing)})", file=sys.stderr, flush=True)
+                return 2
             diff = {k: (meta["run"].get(k), v) for k, v in identity.items() if meta["run"].get(k) != v}
             if diff:
                 print(f"rank {rank}: cannot resume from {ckpt}: it was written by a different run "

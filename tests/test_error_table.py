@@ -652,6 +652,17 @@ def _resume_other_run(d: Path) -> Exit:
                   str(d / "other"), "--resume")
 
 
+def _resume_foreign(d: Path) -> Exit:
+    """A valid checkpoint of the right model that another program wrote (no training metadata)."""
+    from syncnorm.trainer import ModelConfig, build_model, make_optimizer
+    cfg = ModelConfig(width=2)
+    model = build_model(cfg, None, convert=False)
+    (d / "foreign").mkdir(exist_ok=True)
+    ck.save_training_checkpoint(d / "foreign" / "checkpoint.npz", model, make_optimizer(model, cfg),
+                                {"note": "written by hand"})
+    return _train(*TINY, "--epochs", "1", "--checkpoint-dir", str(d / "foreign"), "--resume")
+
+
 @trigger("cli-check-mismatch")
 def _():
     from syncnorm.check import main
@@ -661,6 +672,7 @@ def _():
 PATH_TRIGGERS: dict[str, Callable[[Path], Any]] = {
     **CKPT_TRIGGERS, **DATA_TRIGGERS, "launch-no-launcher": _launch_no_launcher,
     "cli-train-resume-refused": _resume_refused, "cli-train-resume-other-run": _resume_other_run,
+    "cli-train-resume-foreign": _resume_foreign,
 }
 
 
