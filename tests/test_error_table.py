@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -617,17 +618,31 @@ def _():
     return cli(lambda: launch.run(line, dict(os.environ), abort_grace=0.5, stderr=io.BytesIO()))
 
 
-@trigger("cli-launch-signal")
-def _():
+def _launch_signal(d: Path) -> Exit:
     """SIGTERM to the launcher (this process, while launch.run forwards signals) reaches a job that
-    ignores it; the launcher kills the job after kill_grace."""
-    line = _sleeper("signal.signal(signal.SIGTERM, signal.SIG_IGN)")
-    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
-    timer.start()
+    ignores it; the launcher kills the job after kill_grace. The signal is sent only once
+    launch.run's handler is installed and the job has said it ignores SIGTERM (never to a pytest
+    process that would die of it)."""
+    ready = d / "job-ignores-sigterm"
+    ready.unlink(missing_ok=True)
+    line = _sleeper(f"signal.signal(signal.SIGTERM, signal.SIG_IGN)\nopen({str(ready)!r}, 'w').close()")
+    original = signal.getsignal(signal.SIGTERM)
+    stop = threading.Event()
+
+    def send() -> None:
+        while not stop.is_set():
+            if signal.getsignal(signal.SIGTERM) is not original and ready.exists():
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+            time.sleep(0.01)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
     try:
         return cli(lambda: launch.run(line, dict(os.environ), kill_grace=0.5, stderr=io.BytesIO()))
     finally:
-        timer.cancel()
+        stop.set()
+        sender.join()
 
 
 def _train(*args: str) -> Exit:
@@ -672,7 +687,7 @@ def _():
 PATH_TRIGGERS: dict[str, Callable[[Path], Any]] = {
     **CKPT_TRIGGERS, **DATA_TRIGGERS, "launch-no-launcher": _launch_no_launcher,
     "cli-train-resume-refused": _resume_refused, "cli-train-resume-other-run": _resume_other_run,
-    "cli-train-resume-foreign": _resume_foreign,
+    "cli-train-resume-foreign": _resume_foreign, "cli-launch-signal": _launch_signal,
 }
 
 

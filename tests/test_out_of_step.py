@@ -30,7 +30,8 @@ def test_a_rank_running_an_extra_step_while_the_others_work_on_ends_the_job():
     assert not job.timed_out and job.returncode != 0, out[-3000:]
     assert "IN-STEP rank 0" in out and "IN-STEP rank 1" in out, out[-3000:]
     assert "JOB-WENT-ON" not in out, out[-3000:]
-    assert re.search(r"EXTRA-STEP-ENDED after [23]\.\d s", out), out[-3000:]
+    ended = re.search(r"EXTRA-STEP-ENDED after (\d+\.\d) s", out)
+    assert ended and 2.0 <= float(ended.group(1)) < 30, out[-3000:]  # the 2 s timeout, not the peers
     assert re.search(r"\[syncnorm fatal\] world rank 0 on \S+: CollectiveTimeoutError: forward Allreduce "
                      r"of SyncBatchNorm #0 \(3 channels\) in ProcessGroup\(world, ranks=\[0, 1\]\) did "
                      r"not complete within 2 s", out), out[-3000:]
