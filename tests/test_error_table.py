@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +34,6 @@ from mpi_harness import run_mpi, run_pytest_mpi
 from syncnorm import checkpoint as ck
 from syncnorm import launch, nn
 from syncnorm.distributed import comm, env, failsafe, group
-from syncnorm.functional import loss as floss
 from syncnorm.optim import SGD
 from syncnorm.parallel import DistributedDataParallel, DistributedSampler
 
