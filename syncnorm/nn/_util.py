@@ -5,9 +5,54 @@ from typing import Any
 
 import numpy as np
 
-from .batchnorm import FLOAT_DTYPES, check_float_input
+from .module import Module, Parameter
 
-__all__ = ["check_float_input", "check_param_dtype", "check_ndim", "param_dtype", "check_device"]
+__all__ = ["FLOAT_DTYPES", "check_float_input", "check_param_dtype", "check_ndim", "param_dtype",
+           "check_device", "check_eps", "affine_parameters", "reset_affine"]
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
+
+def check_float_input(x: Any, who: str) -> np.ndarray:
+    """Return `x` as an ndarray of a floating dtype, or raise a TypeError naming what came."""
+    if not isinstance(x, np.ndarray):
+        if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
+            x = np.asarray(x)
+        else:
+            raise TypeError(f"{who}: expected a numpy array, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{who}: expected a floating-point input (float16, float32 or float64), "
+                        f"got dtype {x.dtype}")
+    return x
+
+
+def check_eps(eps: float) -> float:
+    if float(eps) < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    return float(eps)
+
+
+def affine_parameters(module: Module, shape: tuple[int, ...], dtype: np.dtype, affine: bool,
+                      bias: bool) -> None:
+    """Register `weight` (ones) and `bias` (zeros) of `shape` on `module`, or None for each that
+    is off: no affine at all, or torch 2.13's keyword-only bias=False (no additive bias learned)."""
+    if affine:
+        module.weight = Parameter(np.ones(shape, dtype))
+        if bias:
+            module.bias = Parameter(np.zeros(shape, dtype))
+        else:
+            module.register_parameter("bias", None)
+    else:
+        module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+
+
+def reset_affine(module: Module) -> None:
+    """weight to ones and bias to zeros, for those that exist."""
+    if module.weight is not None:
+        module.weight.data[...] = 1
+    if module.bias is not None:
+        module.bias.data[...] = 0
 
 
 def param_dtype(dtype: Any) -> np.dtype:

@@ -14,25 +14,11 @@ import numpy as np
 
 from ..functional import batch_norm as K
 from ..functional.moments import mean_var, moments, poorly_shifted
-from .module import Module, Parameter
+from ._util import (affine_parameters, check_device, check_eps, check_float_input, param_dtype,
+                    reset_affine)
+from .module import Module
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
-
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-
-
-def check_float_input(x: Any, who: str) -> np.ndarray:
-    """Return `x` as an ndarray of a floating dtype, or raise a TypeError naming what came."""
-    if not isinstance(x, np.ndarray):
-        if hasattr(x, "__array__") or isinstance(x, (list, tuple)):
-            x = np.asarray(x)
-        else:
-            raise TypeError(f"{who}: expected a numpy array, got {type(x).__name__}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{who}: expected a floating-point input (float16, float32 or float64), "
-                        f"got dtype {x.dtype}")
-    return x
-
 
 class _NormBase(Module):
     """Parameters and buffers shared by the BatchNorm and InstanceNorm families (torch's _NormBase)."""
@@ -43,33 +29,20 @@ class _NormBase(Module):
                  affine: bool = True, track_running_stats: bool = True, device: Any = None,
                  dtype: Any = None, *, bias: bool = True, check_finite: bool | None = None) -> None:
         super().__init__()
-        if device not in (None, "cpu"):
-            raise ValueError(f"syncnorm runs on the CPU; got device={device!r}")
+        check_device(device)
         num_features = int(num_features)
         if num_features < 0:
             raise ValueError(f"num_features must be >= 0, got {num_features}")
         if momentum is not None and not 0.0 <= float(momentum) <= 1.0:
             raise ValueError(f"momentum must be in [0, 1] or None, got {momentum}")
-        if float(eps) < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        dt = np.dtype(np.float32 if dtype is None else dtype)
-        if dt not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float16, float32 or float64, got {dt}")
+        dt = param_dtype(dtype)
         self.num_features = num_features
-        self.eps = float(eps)
+        self.eps = check_eps(eps)
         self.momentum = None if momentum is None else float(momentum)
         self.affine = bool(affine)
         self.track_running_stats = bool(track_running_stats)
         self._param_dtype = dt
-        if self.affine:
-            self.weight = Parameter(np.ones(num_features, dt))
-            if bias:
-                self.bias = Parameter(np.zeros(num_features, dt))
-            else:  # torch 2.13's keyword-only bias=False: no additive bias is learned
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, (num_features,), dt, self.affine, bias)
         if self.track_running_stats:
             self.register_buffer("running_mean", np.zeros(num_features, dt))
             self.register_buffer("running_var", np.ones(num_features, dt))
@@ -92,10 +65,7 @@ class _NormBase(Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.weight is not None:
-            self.weight.data[...] = 1
-        if self.bias is not None:
-            self.bias.data[...] = 0
+        reset_affine(self)
 
     def extra_repr(self) -> str:
         return ("{num_features}, eps={eps}, momentum={momentum}, affine={affine}, bias={b}, "

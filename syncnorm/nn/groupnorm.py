@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..functional.norms import channel_backward, channel_forward, row_stats
-from .batchnorm import FLOAT_DTYPES, check_float_input
-from .module import Module, Parameter
+from ._util import (affine_parameters, check_device, check_eps, check_float_input, param_dtype,
+                    reset_affine)
+from .module import Module
 
 __all__ = ["GroupNorm"]
 
@@ -31,8 +32,7 @@ class GroupNorm(Module):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device: Any = None, dtype: Any = None, *, bias: bool = True) -> None:
         super().__init__()
-        if device not in (None, "cpu"):
-            raise ValueError(f"syncnorm runs on the CPU; got device={device!r}")
+        check_device(device)
         for label, v in (("num_groups", num_groups), ("num_channels", num_channels)):
             if not isinstance(v, numbers.Integral) or isinstance(v, bool):
                 raise TypeError(f"{label} must be an int, got {type(v).__name__}")
@@ -41,32 +41,17 @@ class GroupNorm(Module):
         if num_channels % num_groups != 0:
             raise ValueError(f"num_channels ({num_channels}) must be divisible by num_groups "
                              f"({num_groups})")
-        if float(eps) < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        dt = np.dtype(np.float32 if dtype is None else dtype)
-        if dt not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float16, float32 or float64, got {dt}")
+        dt = param_dtype(dtype)
         self.num_groups = int(num_groups)
         self.num_channels = int(num_channels)
-        self.eps = float(eps)
+        self.eps = check_eps(eps)
         self.affine = bool(affine)
-        if self.affine:
-            self.weight = Parameter(np.ones(self.num_channels, dt))
-            if bias:
-                self.bias = Parameter(np.zeros(self.num_channels, dt))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, (self.num_channels,), dt, self.affine, bias)
         self._cache: tuple | None = None
 
     def reset_parameters(self) -> None:
         """weight to ones and bias to zeros (when affine)."""
-        if self.weight is not None:
-            self.weight.data[...] = 1
-        if self.bias is not None:
-            self.bias.data[...] = 0
+        reset_affine(self)
 
     def extra_repr(self) -> str:
         return ("{num_groups}, {num_channels}, eps={eps}, affine={affine}, bias={b}"

@@ -12,8 +12,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..functional.norms import element_backward, element_forward, row_stats
-from .batchnorm import FLOAT_DTYPES, check_float_input
-from .module import Module, Parameter
+from ._util import (affine_parameters, check_device, check_eps, check_float_input, param_dtype,
+                    reset_affine)
+from .module import Module
 
 __all__ = ["LayerNorm"]
 
@@ -40,33 +41,17 @@ class LayerNorm(Module):
                  elementwise_affine: bool = True, bias: bool = True, device: Any = None,
                  dtype: Any = None) -> None:
         super().__init__()
-        if device not in (None, "cpu"):
-            raise ValueError(f"syncnorm runs on the CPU; got device={device!r}")
-        if float(eps) < 0:
-            raise ValueError(f"eps must be >= 0, got {eps}")
-        dt = np.dtype(np.float32 if dtype is None else dtype)
-        if dt not in FLOAT_DTYPES:
-            raise TypeError(f"dtype must be float16, float32 or float64, got {dt}")
+        check_device(device)
+        dt = param_dtype(dtype)
         self.normalized_shape = _as_shape(normalized_shape)
-        self.eps = float(eps)
+        self.eps = check_eps(eps)
         self.elementwise_affine = bool(elementwise_affine)
-        if self.elementwise_affine:
-            self.weight = Parameter(np.ones(self.normalized_shape, dt))
-            if bias:
-                self.bias = Parameter(np.zeros(self.normalized_shape, dt))
-            else:
-                self.register_parameter("bias", None)
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
+        affine_parameters(self, self.normalized_shape, dt, self.elementwise_affine, bias)
         self._cache: tuple | None = None
 
     def reset_parameters(self) -> None:
         """weight to ones and bias to zeros (when elementwise_affine)."""
-        if self.weight is not None:
-            self.weight.data[...] = 1
-        if self.bias is not None:
-            self.bias.data[...] = 0
+        reset_affine(self)
 
     def extra_repr(self) -> str:
         return ("{normalized_shape}, eps={eps}, elementwise_affine={elementwise_affine}, bias={b}"

@@ -34,7 +34,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm, check_float_input
+from ._util import check_float_input
+from .batchnorm import BatchNorm1d, BatchNorm2d, BatchNorm3d, _BatchNorm
 from .instancenorm import InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, _InstanceNorm
 from .module import Parameter
 from .sync_batchnorm import SyncBatchNorm

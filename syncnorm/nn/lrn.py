@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 
 from ..functional.lrn import lrn_backward, lrn_forward
-from .batchnorm import check_float_input
+from ._util import check_float_input
 from .module import Module
 
 __all__ = ["LocalResponseNorm"]
