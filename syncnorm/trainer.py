@@ -13,7 +13,7 @@ import numpy as np
 
 from . import nn
 from .distributed import comm as C
-from .distributed.group import ProcessGroup, get_world_group, new_subgroups
+from .distributed.group import ProcessGroup, new_subgroups
 from .models import digits_cnn
 from .nn.dropout import set_dropout_keys
 from .optim import SGD

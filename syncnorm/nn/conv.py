@@ -1,7 +1,6 @@
 """`Conv2d` as torch.nn.Conv2d: weight (out_channels, in_channels // groups, kh, kw), NCHW input."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -83,12 +82,7 @@ class Conv2d(Module):
         """Draw weight and bias again with torch's initialisation (from `generator` or the default
         generator of `syncnorm.nn.init`).
         """
-        init.kaiming_uniform_(self.weight.data, a=math.sqrt(5), generator=generator)
-        if self.bias is not None:
-            fan_in, _ = init.calculate_fan_in_and_fan_out(self.weight.shape)
-            if fan_in != 0:
-                bound = 1 / math.sqrt(fan_in)
-                init.uniform_(self.bias.data, -bound, bound, generator)
+        init.default_reset_(self.weight.data, None if self.bias is None else self.bias.data, generator)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x (N, C_in, H, W) or (C_in, H, W) -> (N, C_out, H_out, W_out) (unbatched in, unbatched out),

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["manual_seed", "default_generator", "calculate_gain", "calculate_fan_in_and_fan_out",
+__all__ = ["default_reset_","manual_seed", "default_generator", "calculate_gain", "calculate_fan_in_and_fan_out",
            "uniform_", "zeros_", "ones_", "kaiming_uniform_", "resolve_generator"]
 
 _DEFAULT = np.random.default_rng()
@@ -103,3 +103,15 @@ def kaiming_uniform_(array: np.ndarray, a: float = 0.0, mode: str = "fan_in",
     fan = fan_in if mode == "fan_in" else fan_out
     bound = calculate_gain(nonlinearity, a) * math.sqrt(3.0 / fan)
     return uniform_(array, -bound, bound, generator)
+
+
+def default_reset_(weight: np.ndarray, bias: np.ndarray | None,
+                   generator: np.random.Generator | None = None) -> None:
+    """torch's default initialisation of Linear and Conv layers: weight kaiming-uniform with
+    a = sqrt(5), bias uniform in +-1/sqrt(fan_in) (zeros when fan_in is 0, where torch would leave
+    Conv's bias uninitialized)."""
+    kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
+    if bias is not None:
+        fan_in, _ = calculate_fan_in_and_fan_out(weight.shape)
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        uniform_(bias, -bound, bound, generator)

@@ -1,7 +1,6 @@
 """`Linear`: y = x W^T + b, as torch.nn.Linear (weight (out_features, in_features))."""
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -44,10 +43,7 @@ class Linear(Module):
         """Draw weight and bias again with torch's initialisation (from `generator` or the default
         generator of `syncnorm.nn.init`).
         """
-        init.kaiming_uniform_(self.weight.data, a=math.sqrt(5), generator=generator)
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-            init.uniform_(self.bias.data, -bound, bound, generator)
+        init.default_reset_(self.weight.data, None if self.bias is None else self.bias.data, generator)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x (*, in_features) -> y = x @ weight.T + bias, shape (*, out_features), in the layer's dtype.
