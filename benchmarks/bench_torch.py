@@ -89,7 +89,8 @@ def main() -> None:
     Ch = args.shape[1]
     base_cls = {2: torch.nn.BatchNorm1d, 3: torch.nn.BatchNorm1d, 4: torch.nn.BatchNorm2d,
                 5: torch.nn.BatchNorm3d}[len(args.shape)]
-    base, ours = base_cls(Ch), SyncBatchNorm(Ch)
+    pdt = dtype if dtype in (torch.float32, torch.float64) else torch.float32  # torch's mixed rule
+    base, ours = base_cls(Ch, dtype=pdt), SyncBatchNorm(Ch, dtype=pdt)
     for _ in range(3):  # warm up both (and make the exchange)
         step(base, x, dy)
         line_up(world)
