@@ -189,7 +189,8 @@ def test_deepcopy_pickle_and_repr():
     buf.seek(0)
     loaded = torch.load(buf, weights_only=False)
     assert torch.equal(loaded.running_mean, m.running_mean) and loaded.bias is None
-    assert repr(m) == "SyncBatchNorm(4, eps=1e-05, momentum=None, affine=True, bias=False, track_running_stats=True)"
+    assert repr(m) == ("SyncBatchNorm(4, eps=1e-05, momentum=None, affine=True, bias=False, "
+                       "track_running_stats=True)")
 
 
 # ------------------------------------------------------------------------------ bad input

@@ -45,7 +45,8 @@ class CountingComm:
             return attr
 
         def counted(*args, **kw):
-            self.calls[name[1].upper() + name[2:] if name in ("Iallreduce", "Iallgather", "Ibcast") else name] += 1
+            blocking = name[1].upper() + name[2:] if name in ("Iallreduce", "Iallgather", "Ibcast") else name
+            self.calls[blocking] += 1
             return attr(*args, **kw)
         return counted
 
