@@ -293,3 +293,12 @@ def test_load_state_dict_errors_change_nothing():
         np.testing.assert_array_equal(v, before[k])
     res = m.load_state_dict(dict(good, extra=np.zeros(1)), strict=False)
     assert res.unexpected_keys == ["extra"] and res.missing_keys == []
+
+
+def test_a_nan_running_mean_does_not_poison_a_finite_batch():
+    m = nn.BatchNorm2d(2)
+    m.running_mean[...] = [np.nan, np.inf]  # e.g. loaded from a diverged run
+    x = np.random.default_rng(0).normal(5, 2, (4, 2, 3, 3)).astype(np.float32)
+    y = m(x)
+    assert np.isfinite(y).all()
+    np.testing.assert_allclose(y, nn.BatchNorm2d(2)(x), atol=1e-5)

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 
 from . import comm as C
-from .group import ProcessGroup
+from .group import ProcessGroup, as_group, get_world_group
 
-__all__ = ["StatsExchange", "RanksOutOfStepError", "PeerInputError", "next_layer_index",
+__all__ = ["StatsExchange", "exchange_for", "RanksOutOfStepError", "PeerInputError", "next_layer_index",
            "fingerprint"]
 
 _layer_ids = itertools.count()
@@ -167,3 +167,24 @@ class StatsExchange:
         buf[_HEAD:] = 0.0
         self._exchange(buf, fingerprint(self.layer_index, calls, self.channels, phase), 0,
                        phase, True)
+
+
+def exchange_for(current: StatsExchange | None, process_group: Any, layer_index: int,
+                 channels: int, label: str, timeout: float | None,
+                 check: Any = None) -> StatsExchange:
+    """A layer's StatsExchange: `current` while it still fits the layer (channels, timeout), else
+    a new one over `process_group` resolved now (None = the world), with the call counters carried
+    over. `check(group)` may veto the group. Raises ValueError when this rank is not a member."""
+    if current is not None and current.channels == channels and current.timeout == timeout:
+        return current
+    g = as_group(process_group)
+    if not g.is_member:
+        w = get_world_group()
+        raise ValueError(f"{label}: process_group {g} does not contain this rank (world rank "
+                         f"{w.ranks[w.rank]}); pass the group this rank belongs to")
+    if check is not None:
+        check(g)
+    ex = StatsExchange(g, layer_index, channels, label, timeout)
+    if current is not None:
+        ex.forward_calls, ex.backward_calls = current.forward_calls, current.backward_calls
+    return ex

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["moments", "mean_var", "poorly_shifted", "row_blocks", "work_dtype", "rows_view",
+__all__ = ["moments", "mean_var", "poorly_shifted", "choose_shift", "row_blocks", "work_dtype", "rows_view",
            "block_ranges", "piece_bounds", "piece_sums", "rowdot", "BLOCK_ELEMS", "MIN_ROW",
            "ROW_PIECE", "REDUCE_BLOCK", "UNCENTRED_LIMIT"]
 
@@ -229,3 +229,20 @@ def poorly_shifted(n: int | float, s1: np.ndarray, s2: np.ndarray) -> bool:
     d = s1 / n
     var = s2 / n - d * d
     return bool(np.any(d * d > RESHIFT_RATIO * np.maximum(var, 0.0)) and np.any(d != 0))
+
+
+def choose_shift(running_mean: np.ndarray | None, last_mean: np.ndarray | None,
+                 channels: int) -> np.ndarray:
+    """The shift K for `moments`, identical on every rank of a group: the running mean (saved in
+    checkpoints, so a resumed run rounds exactly like an uninterrupted one), else the last training
+    step's group mean, else 0. Non-finite entries (a running mean gone NaN) become 0, so they cannot
+    turn a finite batch's output into NaN. float64 (C,)."""
+    if running_mean is not None:
+        k = np.asarray(running_mean, dtype=np.float64)
+    elif last_mean is not None and last_mean.shape == (channels,):
+        k = last_mean
+    else:
+        return np.zeros(channels)
+    if not np.isfinite(k).all():
+        k = np.where(np.isfinite(k), k, 0.0)
+    return k

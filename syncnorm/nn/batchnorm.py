@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..functional import batch_norm as K
-from ..functional.moments import mean_var, moments, poorly_shifted
+from ..functional.moments import choose_shift, mean_var, moments, poorly_shifted
 from ._util import (affine_parameters, check_device, check_eps, check_float_input, param_dtype,
                     reset_affine)
 from .module import Module
@@ -109,14 +109,8 @@ class _BatchNorm(_NormBase):
                              f"{tuple(x.shape)}")
 
     def _shift(self) -> np.ndarray:
-        """A per-channel value near the mean, identical on every rank of a group: the running mean
-        (saved in checkpoints, so a resumed run rounds exactly like an uninterrupted one), else the
-        last training step's group mean, else 0."""
-        if self.running_mean is not None:
-            return self.running_mean.astype(np.float64)
-        if self._stat_shift is not None and self._stat_shift.shape == (self.num_features,):
-            return self._stat_shift
-        return np.zeros(self.num_features)
+        """A per-channel value near the mean, identical on every rank (see `choose_shift`)."""
+        return choose_shift(self.running_mean, self._stat_shift, self.num_features)
 
     def _batch_sums(self, x3: np.ndarray, shift: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
         n, s1, s2 = moments(x3, shift)

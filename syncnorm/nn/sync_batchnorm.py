@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..distributed.exchange import RanksOutOfStepError, StatsExchange, next_layer_index
-from ..distributed.group import ProcessGroup, as_group, get_world_group
+from ..distributed.exchange import RanksOutOfStepError, StatsExchange, exchange_for, next_layer_index
+from ..distributed.group import ProcessGroup, as_group
 from .batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm", "RanksOutOfStepError"]
@@ -63,19 +63,9 @@ class SyncBatchNorm(_BatchNorm):
             raise ValueError(f"expected at least 2D input (got {x.ndim}D input)")
 
     def _get_exchange(self) -> StatsExchange:
-        ex = self._exchange
-        if ex is None or ex.channels != self.num_features or ex.timeout != self.timeout:
-            g = as_group(self.process_group)
-            if not g.is_member:
-                w = get_world_group()
-                raise ValueError(f"SyncBatchNorm: process_group {g} does not contain this rank "
-                                 f"(world rank {w.ranks[w.rank]}); pass the group this rank belongs to")
-            old = ex
-            ex = StatsExchange(g, self._layer_index, self.num_features, "SyncBatchNorm", self.timeout)
-            if old is not None:
-                ex.forward_calls, ex.backward_calls = old.forward_calls, old.backward_calls
-            self._exchange = ex
-        return ex
+        self._exchange = exchange_for(self._exchange, self.process_group, self._layer_index,
+                                      self.num_features, "SyncBatchNorm", self.timeout)
+        return self._exchange
 
     def _syncs(self) -> bool:
         return self._get_exchange().group.size > 1

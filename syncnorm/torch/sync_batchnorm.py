@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm, _LazyNormBase
 
-from ..distributed.exchange import RanksOutOfStepError, StatsExchange, next_layer_index
-from ..distributed.group import ProcessGroup, as_group, get_world_group
+from ..distributed.exchange import RanksOutOfStepError, StatsExchange, exchange_for, next_layer_index
+from ..functional.moments import choose_shift
+from ..distributed.group import ProcessGroup
 from . import _views as V
 from .function import StepPlan, SyncBatchNormFunction
 
@@ -130,35 +131,17 @@ class SyncBatchNorm(_BatchNorm):
 
     # ------------------------------------------------------------------ the group
     def _get_exchange(self) -> StatsExchange:
-        ex = self._exchange
-        if ex is None or ex.channels != self.num_features or ex.timeout != self.timeout:
-            g = as_group(self.process_group)
-            if not g.is_member:
-                w = get_world_group()
-                raise ValueError(f"SyncBatchNorm: process_group {g} does not contain this rank "
-                                 f"(world rank {w.ranks[w.rank]}); pass the group this rank belongs to")
-            if self.process_group is None:
-                _check_world_matches_torch_distributed(g)
-            old = ex
-            ex = StatsExchange(g, self._layer_index, self.num_features, "syncnorm.torch.SyncBatchNorm",
-                               self.timeout)
-            if old is not None:
-                ex.forward_calls, ex.backward_calls = old.forward_calls, old.backward_calls
-            self._exchange = ex
-        return ex
+        check = _check_world_matches_torch_distributed if self.process_group is None else None
+        self._exchange = exchange_for(self._exchange, self.process_group, self._layer_index,
+                                      self.num_features, "syncnorm.torch.SyncBatchNorm",
+                                      self.timeout, check)
+        return self._exchange
 
     # ------------------------------------------------------------------ statistics
     def _shift(self) -> np.ndarray:
-        """A per-channel value near the mean, identical on every rank of the group: the running
-        mean, else the last training step's group mean, else 0 (non-finite entries become 0)."""
-        if self.running_mean is not None:
-            k = _f64(self.running_mean)
-            if not np.isfinite(k).all():
-                k = np.where(np.isfinite(k), k, 0.0)
-            return k
-        if self._stat_shift is not None and self._stat_shift.shape == (self.num_features,):
-            return self._stat_shift
-        return np.zeros(self.num_features)
+        """A per-channel value near the mean, identical on every rank (see `choose_shift`)."""
+        rm = None if self.running_mean is None else _f64(self.running_mean)
+        return choose_shift(rm, self._stat_shift, self.num_features)
 
     def _record(self, n: float, mean: np.ndarray, var: np.ndarray) -> None:
         """After a training step with n > 0 values in the group: update the running statistics."""
