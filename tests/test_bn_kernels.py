@@ -24,7 +24,9 @@ def _close(a, b, tol):
 
 
 SHAPES = [(4, 3, 20), (8, 5, 16), (3, 2, 7), (8, 6, 49), (2, 3, 800), (5, 4, 300),
-          (1, 7, 33), (2, 2, MO.ROW_PIECE * 2 + 7), (2, 2, K.ELEM_BLOCK + 5)]
+          (1, 7, 33), (2, 2, MO.ROW_PIECE * 2 + 7), (2, 2, K.ELEM_BLOCK + 5),
+          # short rows (the column kernels): one block, several blocks, a row wider than a block
+          (600, 5, 1), (300, 7, 9), (40000, 3, 1), (3, 40000, 1)]
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)

@@ -39,6 +39,7 @@ from typing import Iterator
 
 import numpy as np
 
+from .columns import col_affine, col_backward_reduce
 from .moments import MIN_ROW, REDUCE_BLOCK, piece_bounds, rowdot, rows_view, work_dtype
 
 __all__ = ["as_acm", "normalize", "backward_reduce", "backward_elemt", "eval_backward"]
@@ -130,14 +131,8 @@ def _affine(out3: np.ndarray, x3: np.ndarray, hi: np.ndarray, a: np.ndarray, c: 
     wd = work_dtype(x3.dtype)
     if fold:
         c = c - hi.astype(np.float64) * a
-    if M < MIN_ROW:  # short rows: whole-array broadcasting in float64-accurate constants
-        sh = (1, C, 1)
-        x = x3.astype(wd, copy=False)
-        o = (x - hi.astype(wd).reshape(sh)) if not fold else x
-        o = o * a.astype(wd).reshape(sh) + c.astype(wd).reshape(sh)
-        if dy3 is not None:
-            o = o + dy3.astype(wd, copy=False) * k.astype(wd).reshape(sh)
-        out3[...] = o
+    if M < MIN_ROW:  # short rows: blocks of the (A, C*M) column view
+        col_affine(out3, x3, hi, a, c, fold, dy3, k)
         return
     reuse = A >= REUSE_MIN and M < REUSE_MAX_ROW
     direct = out3.dtype == wd
@@ -225,9 +220,7 @@ def backward_reduce(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray,
     wd = work_dtype(x3.dtype)
     hi, lo = _split(mean, wd)
     if M < MIN_ROW:
-        d = dy3.astype(np.float64)
-        xc = x3.astype(np.float64) - mean[None, :, None]
-        return d.sum(axis=(0, 2)), np.einsum("acm,acm->c", d, xc)
+        return col_backward_reduce(dy3, x3, hi, lo)
     fold = invstd is not None and _foldable(hi.astype(np.float64), invstd)
     rows, dyrows = rows_view(x3), rows_view(dy3)
     R = A * C

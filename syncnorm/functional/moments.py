@@ -182,7 +182,8 @@ def moments(x3: np.ndarray, shift: np.ndarray | None = None) -> tuple[int, np.nd
     if A * M == 0 or C == 0:
         return A * M, np.zeros(C), np.zeros(C)
     if M < MIN_ROW:
-        return A * M, *_moments_columns(x3, K)
+        from .columns import col_moments  # short rows: column kernels
+        return A * M, *col_moments(x3, K)
     rows = rows_view(x3)
     s1 = np.zeros(C)
     s2 = np.zeros(C)
@@ -191,24 +192,6 @@ def moments(x3: np.ndarray, shift: np.ndarray | None = None) -> tuple[int, np.nd
         s1 += p1
         s2 += p2
     return A * M, s1, s2
-
-
-def _moments_columns(x3: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Short rows: float64 blocks over the batch axis, two-pass within each block."""
-    A, C, M = x3.shape
-    s1 = np.zeros(C)
-    s2 = np.zeros(C)
-    step = max(1, BLOCK_ELEMS // max(1, C * M))
-    for a0 in range(0, A, step):
-        b = x3[a0:a0 + step].astype(np.float64)
-        n = b.shape[0] * M
-        mb = b.sum(axis=(0, 2)) / n
-        b -= mb[None, :, None]
-        q = np.einsum("acm,acm->c", b, b)
-        d = mb - K
-        s1 += n * d
-        s2 += q + n * d * d
-    return s1, s2
 
 
 def mean_var(n: int | float, s1: np.ndarray, s2: np.ndarray,
