@@ -28,8 +28,10 @@ def _blocks(A: int, CM: int) -> list[tuple[int, int]]:
 
 
 def _cols(x3: np.ndarray) -> np.ndarray:
+    """(A, C*M), C-contiguous (a strided input is copied once, so that BLAS sees the same layout
+    and rounds the same way as for a contiguous input)."""
     A, C, M = x3.shape
-    return x3.reshape(A, C * M)
+    return np.ascontiguousarray(x3.reshape(A, C * M))
 
 
 def col_moments(x3: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -94,6 +96,11 @@ def col_affine(out3: np.ndarray, x3: np.ndarray, hi: np.ndarray, a: np.ndarray, 
     when `fold`: then out = x * a + c)."""
     A, C, M = x3.shape
     wd = work_dtype(x3.dtype)
+    if not out3.flags.c_contiguous:  # reshape would copy: fill a contiguous array, then copy back
+        tmp_out = np.empty(out3.shape, out3.dtype)
+        col_affine(tmp_out, x3, hi, a, c, fold, dy3, k)
+        out3[...] = tmp_out
+        return
     X, O = _cols(x3), out3.reshape(A, C * M)
     Hc, Ac, Cc = (np.repeat(v.astype(wd), M) for v in (hi, a, c))
     DY = _cols(dy3) if dy3 is not None else None

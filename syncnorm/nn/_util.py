@@ -87,9 +87,11 @@ def no_forward(who: str) -> RuntimeError:
                         "forward)")
 
 
-def check_grad_shape(dy: np.ndarray, shape: tuple[int, ...], who: str) -> np.ndarray:
+def check_grad_shape(dy: np.ndarray, shape: tuple[int, ...], who: str,
+                     of: str = "output") -> np.ndarray:
+    """grad_output as a float array of `shape` (the forward `of` "output" or "input" shape)."""
     dy = check_float_input(dy, f"{who}.backward")
     if dy.shape != tuple(shape):
         raise ValueError(f"{who}.backward: expected grad_output of shape {tuple(shape)} (the forward "
-                         f"output's), got {tuple(dy.shape)}")
+                         f"{of}'s), got {tuple(dy.shape)}")
     return dy

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..functional import batch_norm as K
 from ..functional.moments import choose_shift, mean_var, moments, poorly_shifted
-from ._util import (affine_parameters, check_device, check_eps, check_float_input, param_dtype,
-                    reset_affine)
+from ._util import (affine_parameters, check_device, check_eps, check_float_input, check_grad_shape,
+                    no_forward, param_dtype, reset_affine)
 from .module import Module
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -189,15 +189,11 @@ class _BatchNorm(_NormBase):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output (N, C, *) -> grad_input; adds the local weight/bias gradients into `.grad`."""
         if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward() called without a forward() before "
-                               "it (or twice for one forward)")
+            raise no_forward(type(self).__name__)
         shape, x3, mean, invstd, use_batch, n, synced = self._cache
         self._cache = None
         try:
-            dy = check_float_input(grad_output, f"{type(self).__name__}.backward")
-            if dy.shape != tuple(shape):
-                raise ValueError(f"{type(self).__name__}.backward: expected grad_output of shape "
-                                 f"{tuple(shape)} (the forward input's), got {tuple(dy.shape)}")
+            dy = check_grad_shape(grad_output, shape, type(self).__name__, of="input")
         except (TypeError, ValueError):
             if synced:
                 self._bad_input("backward")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..functional.norms import channel_backward, channel_forward, row_stats
-from ._util import (affine_parameters, check_device, check_eps, check_float_input, param_dtype,
-                    reset_affine)
+from ._util import (affine_parameters, check_device, check_eps, check_float_input, check_grad_shape,
+                    no_forward, param_dtype, reset_affine)
 from .module import Module
 
 __all__ = ["GroupNorm"]
@@ -96,13 +96,9 @@ class GroupNorm(Module):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output (N, C, *) -> grad_input; adds into weight/bias .grad."""
         if self._cache is None:
-            raise RuntimeError("GroupNorm.backward() called without a forward() before it (or twice "
-                               "for one forward)")
+            raise no_forward("GroupNorm")
         shape, dtype, x3, mean, invstd = self._cache
-        dy = check_float_input(grad_output, "GroupNorm.backward")
-        if dy.shape != tuple(shape):
-            raise ValueError(f"GroupNorm.backward: expected grad_output of shape {tuple(shape)} (the "
-                             f"forward input's), got {tuple(dy.shape)}")
+        dy = check_grad_shape(grad_output, shape, "GroupNorm", of="input")
         self._cache = None
         dy3 = np.ascontiguousarray(dy, dtype=dtype).reshape(x3.shape)
         w = None if self.weight is None else self.weight.data

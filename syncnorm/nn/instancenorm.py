@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..functional.norms import channel_backward, channel_forward, row_stats
-from ._util import check_float_input
+from ._util import check_float_input, check_grad_shape, no_forward
 from .batchnorm import _NormBase
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
@@ -112,13 +112,9 @@ class _InstanceNorm(_NormBase):
         """grad_output (shape of the forward input) -> grad_input; adds into weight/bias .grad."""
         name = type(self).__name__
         if self._cache is None:
-            raise RuntimeError(f"{name}.backward() called without a forward() before it (or twice "
-                               "for one forward)")
+            raise no_forward(name)
         shape, dtype, x3, mean, invstd, use_input_stats = self._cache
-        dy = check_float_input(grad_output, f"{name}.backward")
-        if dy.shape != tuple(shape):
-            raise ValueError(f"{name}.backward: expected grad_output of shape {tuple(shape)} (the "
-                             f"forward input's), got {tuple(dy.shape)}")
+        dy = check_grad_shape(grad_output, shape, name, of="input")
         self._cache = None
         C = x3.shape[1]
         dy3 = np.ascontiguousarray(dy, dtype=dtype).reshape(x3.shape)

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..functional.norms import element_backward, element_forward, row_stats
-from ._util import (affine_parameters, check_device, check_eps, check_float_input, param_dtype,
-                    reset_affine)
+from ._util import (affine_parameters, check_device, check_eps, check_float_input, check_grad_shape,
+                    no_forward, param_dtype, reset_affine)
 from .module import Module
 
 __all__ = ["LayerNorm"]
@@ -86,13 +86,9 @@ class LayerNorm(Module):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output (shape of the forward input) -> grad_input; adds into weight/bias .grad."""
         if self._cache is None:
-            raise RuntimeError("LayerNorm.backward() called without a forward() before it (or twice "
-                               "for one forward)")
+            raise no_forward("LayerNorm")
         shape, dtype, x2, mean, invstd = self._cache
-        dy = check_float_input(grad_output, "LayerNorm.backward")
-        if dy.shape != tuple(shape):
-            raise ValueError(f"LayerNorm.backward: expected grad_output of shape {tuple(shape)} (the "
-                             f"forward input's), got {tuple(dy.shape)}")
+        dy = check_grad_shape(grad_output, shape, "LayerNorm", of="input")
         self._cache = None
         dy2 = np.ascontiguousarray(dy, dtype=dtype).reshape(x2.shape)
         w = None if self.weight is None else self.weight.data.reshape(-1)

@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 
 from ..functional.lrn import lrn_backward, lrn_forward
-from ._util import check_float_input
+from ._util import check_float_input, check_grad_shape, no_forward
 from .module import Module
 
 __all__ = ["LocalResponseNorm"]
@@ -58,13 +58,9 @@ class LocalResponseNorm(Module):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output (shape of the forward input) -> grad_input."""
         if self._cache is None:
-            raise RuntimeError("LocalResponseNorm.backward() called without a forward() before it "
-                               "(or twice for one forward)")
+            raise no_forward("LocalResponseNorm")
         shape, dtype, x3 = self._cache
-        dy = check_float_input(grad_output, "LocalResponseNorm.backward")
-        if dy.shape != tuple(shape):
-            raise ValueError(f"LocalResponseNorm.backward: expected grad_output of shape "
-                             f"{tuple(shape)} (the forward input's), got {tuple(dy.shape)}")
+        dy = check_grad_shape(grad_output, shape, "LocalResponseNorm", of="input")
         self._cache = None
         dy3 = np.ascontiguousarray(dy, dtype=dtype).reshape(x3.shape)
         return lrn_backward(dy3, x3, self.size, self.alpha, self.beta, self.k).reshape(shape)
