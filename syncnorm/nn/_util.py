@@ -8,7 +8,7 @@ import numpy as np
 from .module import Module, Parameter
 
 __all__ = ["FLOAT_DTYPES", "check_float_input", "check_param_dtype", "check_ndim", "param_dtype",
-           "check_device", "check_eps", "affine_parameters", "reset_affine"]
+           "check_device", "check_eps", "affine_parameters", "reset_affine", "accumulate_affine"]
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -45,6 +45,14 @@ def affine_parameters(module: Module, shape: tuple[int, ...], dtype: np.dtype, a
     else:
         module.register_parameter("weight", None)
         module.register_parameter("bias", None)
+
+
+def accumulate_affine(module: Module, dweight: np.ndarray, dbias: np.ndarray) -> None:
+    """Add the gradients into weight.grad and bias.grad, for those that exist."""
+    if module.weight is not None:
+        module.weight.accumulate_grad(dweight)
+    if module.bias is not None:
+        module.bias.accumulate_grad(dbias)
 
 
 def reset_affine(module: Module) -> None:

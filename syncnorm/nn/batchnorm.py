@@ -14,8 +14,8 @@ import numpy as np
 
 from ..functional import batch_norm as K
 from ..functional.moments import choose_shift, mean_var, moments, poorly_shifted
-from ._util import (affine_parameters, check_device, check_eps, check_float_input, check_grad_shape,
-                    no_forward, param_dtype, reset_affine)
+from ._util import (accumulate_affine, affine_parameters, check_device, check_eps,
+                    check_float_input, check_grad_shape, no_forward, param_dtype, reset_affine)
 from .module import Module
 
 __all__ = ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d"]
@@ -203,10 +203,10 @@ class _BatchNorm(_NormBase):
         if mean is None:  # the whole group had 0 samples: take part in the collective, return empty
             if synced:
                 self._reduce_grads(np.zeros(C), np.zeros(C))
-            self._accumulate(np.zeros(C), np.zeros(C))
+            accumulate_affine(self, np.zeros(C), np.zeros(C))
             return np.empty(shape, dy.dtype)
         g, h = K.backward_reduce(dy3, x3, mean, invstd)
-        self._accumulate(h * invstd, g)
+        accumulate_affine(self, h * invstd, g)
         w = None if self.weight is None else self.weight.data.astype(np.float64)
         if use_batch:
             G, H = self._reduce_grads(g, h) if synced else (g, h)
@@ -215,11 +215,6 @@ class _BatchNorm(_NormBase):
             dx = K.eval_backward(dy3, invstd, w)
         return dx.reshape(shape).astype(dy.dtype, copy=False)
 
-    def _accumulate(self, dweight: np.ndarray, dbias: np.ndarray) -> None:
-        if self.weight is not None:
-            self.weight.accumulate_grad(dweight)
-        if self.bias is not None:
-            self.bias.accumulate_grad(dbias)
 
 
 class BatchNorm1d(_BatchNorm):

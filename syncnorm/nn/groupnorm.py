@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from ..functional.norms import channel_backward, channel_forward, row_stats
-from ._util import (affine_parameters, check_device, check_eps, check_float_input, check_grad_shape,
-                    no_forward, param_dtype, reset_affine)
+from ._util import (accumulate_affine, affine_parameters, check_device, check_eps,
+                    check_float_input, check_grad_shape, no_forward, param_dtype, reset_affine)
 from .module import Module
 
 __all__ = ["GroupNorm"]
@@ -103,8 +103,5 @@ class GroupNorm(Module):
         dy3 = np.ascontiguousarray(dy, dtype=dtype).reshape(x3.shape)
         w = None if self.weight is None else self.weight.data
         dx3, dw, db = channel_backward(dy3, x3, self.num_groups, mean, invstd, w)
-        if self.weight is not None:
-            self.weight.accumulate_grad(dw)
-        if self.bias is not None:
-            self.bias.accumulate_grad(db)
+        accumulate_affine(self, dw, db)
         return dx3.reshape(shape)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..functional.norms import channel_backward, channel_forward, row_stats
-from ._util import check_float_input, check_grad_shape, no_forward
+from ._util import accumulate_affine, check_float_input, check_grad_shape, no_forward
 from .batchnorm import _NormBase
 
 __all__ = ["InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d"]
@@ -120,10 +120,7 @@ class _InstanceNorm(_NormBase):
         dy3 = np.ascontiguousarray(dy, dtype=dtype).reshape(x3.shape)
         w = None if self.weight is None else self.weight.data
         dx3, dw, db = channel_backward(dy3, x3, C, mean, invstd, w, batch_stats=use_input_stats)
-        if self.weight is not None:
-            self.weight.accumulate_grad(dw)
-        if self.bias is not None:
-            self.bias.accumulate_grad(db)
+        accumulate_affine(self, dw, db)
         return dx3.reshape(shape)
 
 

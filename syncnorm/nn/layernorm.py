@@ -12,8 +12,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..functional.norms import element_backward, element_forward, row_stats
-from ._util import (affine_parameters, check_device, check_eps, check_float_input, check_grad_shape,
-                    no_forward, param_dtype, reset_affine)
+from ._util import (accumulate_affine, affine_parameters, check_device, check_eps,
+                    check_float_input, check_grad_shape, no_forward, param_dtype, reset_affine)
 from .module import Module
 
 __all__ = ["LayerNorm"]
@@ -93,8 +93,5 @@ class LayerNorm(Module):
         dy2 = np.ascontiguousarray(dy, dtype=dtype).reshape(x2.shape)
         w = None if self.weight is None else self.weight.data.reshape(-1)
         dx2, dw, db = element_backward(dy2, x2, mean, invstd, w)
-        if self.weight is not None:
-            self.weight.accumulate_grad(dw)
-        if self.bias is not None:
-            self.bias.accumulate_grad(db)
+        accumulate_affine(self, dw, db)
         return dx2.reshape(shape)
