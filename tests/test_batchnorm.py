@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -293,6 +294,38 @@ def test_load_state_dict_errors_change_nothing():
         np.testing.assert_array_equal(v, before[k])
     res = m.load_state_dict(dict(good, extra=np.zeros(1)), strict=False)
     assert res.unexpected_keys == ["extra"] and res.missing_keys == []
+
+
+def test_load_state_dict_refuses_values_the_cast_would_not_keep():
+    """numpy would wrap 2**63 into int64 and turn 1e39 into inf in float32 (with only a warning):
+    refused, nothing loaded; values at the edge of the range, inf and NaN load as they are."""
+    m = nn.BatchNorm1d(2)
+    before = {k: v.copy() for k, v in m.state_dict().items()}
+    for key, value, msg in [
+            ("num_batches_tracked", np.array(2.0 ** 63), r"num_batches_tracked: values from "
+             r"9.223372036854776e\+18 to 9.223372036854776e\+18 do not fit int64"),
+            ("num_batches_tracked", np.array(2 ** 64 - 1, np.uint64), "do not fit int64"),
+            ("num_batches_tracked", np.array(-1e19), "do not fit int64"),
+            ("weight", np.array([1.0, -1e39]), r"weight: finite values up to 1e\+39 in magnitude "
+             r"would become inf in float32 \(largest 3.40282e\+38\)")]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # and no numpy cast warning on the way
+            with pytest.raises(nn.StateDictError, match=msg):
+                m.load_state_dict(dict(before, **{key: value}))
+        for k, v in m.state_dict().items():
+            np.testing.assert_array_equal(v, before[k])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.load_state_dict(dict(before, num_batches_tracked=np.array(2 ** 63 - 1, np.uint64),
+                               running_var=np.array([np.inf, np.nan]),
+                               weight=np.array([3.4e38, -3.4e38])))
+    assert m.num_batches_tracked == 2 ** 63 - 1
+    assert np.isinf(m.running_var[0]) and np.isnan(m.running_var[1])
+    h = nn.BatchNorm1d(2, dtype=np.float16)
+    h.load_state_dict(dict(h.state_dict(), running_var=np.array([65519.0, 1.0])))  # rounds to 65504
+    assert h.running_var[0] == 65504
+    with pytest.raises(nn.StateDictError, match="would become inf in float16 \\(largest 65504\\)"):
+        h.load_state_dict(dict(h.state_dict(), running_var=np.array([65520.0, 1.0])))
 
 
 def test_a_nan_running_mean_does_not_poison_a_finite_batch():

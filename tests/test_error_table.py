@@ -246,6 +246,8 @@ trigger("state-dict-unexpected")(lambda: _bn_state(extra=np.zeros(1)))
 trigger("state-dict-size")(lambda: _bn_state(running_var=np.ones(3)))
 trigger("state-dict-dtype")(lambda: _bn_state(weight=np.array(["a", "b"])))
 trigger("state-dict-integer")(lambda: _bn_state(num_batches_tracked=np.array(1.5)))
+trigger("state-dict-int-range")(lambda: _bn_state(num_batches_tracked=np.array(2.0 ** 63)))
+trigger("state-dict-float-range")(lambda: _bn_state(weight=np.array([1.0, 1e39])))
 trigger("state-dict-not-array")(lambda: _bn_state(weight=[[1.0], [1.0, 2.0]]))
 
 

@@ -413,4 +413,25 @@ def _coerce(value: Any, current: np.ndarray, key: str) -> np.ndarray:
         raise StateDictError(
             f'size mismatch for {key}: copying a param with shape {tuple(arr.shape)} from checkpoint, '
             f'the shape in current model is {tuple(current.shape)}.')
+    _check_range(arr, current.dtype, key)
     return arr.astype(current.dtype, copy=True)
+
+
+def _check_range(arr: np.ndarray, dtype: np.dtype, key: str) -> None:
+    """Refuse values that the cast to `dtype` would not keep: integers out of its range (numpy
+    would wrap them), finite floats beyond its largest value (they would become inf)."""
+    if arr.size == 0:
+        return
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        lo, hi = arr.min().item(), arr.max().item()  # Python numbers: exact comparisons
+        if lo < info.min or hi >= info.max + 1:
+            raise StateDictError(f'{key}: values from {lo} to {hi} do not fit {dtype} '
+                                 f'({info.min} to {info.max})')
+    elif dtype.kind == "f" and arr.dtype != dtype:
+        with np.errstate(over="ignore"):
+            lost = np.isinf(arr.astype(dtype)) & np.isfinite(arr)
+        if lost.any():
+            worst = float(np.abs(arr[lost]).max())
+            raise StateDictError(f'{key}: finite values up to {worst:g} in magnitude would become '
+                                 f'inf in {dtype} (largest {float(np.finfo(dtype).max):g})')
