@@ -41,6 +41,23 @@ def test_group_norm_with_one_group_per_channel_is_instance_norm():
     np.testing.assert_allclose(gn.bias.grad, inn.bias.grad, rtol=1e-13, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape, G", [((1, 4), 4), ((5, 4), 4), ((3, 2, 1, 1), 2)])
+def test_group_norm_refuses_groups_of_one_value_at_any_batch_size(shape, G):
+    """torch raises only for shape (1, 4) here and returns the bias for (5, 4); syncnorm raises for
+    every batch: the output could not depend on the input."""
+    m = nn.GroupNorm(G, shape[1])
+    with pytest.raises(ValueError) as info:
+        m(np.ones(shape, np.float32))
+    assert str(info.value).startswith("GroupNorm: each group holds 1 value (1 channel x 1 position)")
+    assert f"got input of shape {shape} with {G} groups" in str(info.value)
+    assert m(np.ones((0,) + shape[1:], np.float32)).shape == (0,) + shape[1:]  # empty: valid
+
+
+def test_group_norm_with_two_values_per_group_computes():
+    y = nn.GroupNorm(2, 4)(np.array([[1, 3, 5, 9]], np.float32))  # groups (1, 3), (5, 9)
+    np.testing.assert_allclose(y, [[-1, 1, -1, 1]], atol=1e-5)
+
+
 def test_group_norm_with_one_group_is_layer_norm_over_c_and_positions():
     C, H, W = 4, 3, 5
     gn = nn.GroupNorm(1, C, dtype=np.float64)

@@ -238,6 +238,10 @@ def refuses(case: Case) -> str | None:
         use_input = case.training or not case.kw.get("track_running_stats", True)
         if use_input and int(np.prod(xb[2:])) == 1 and xb[0] * xb[1] > 0:
             return "Expected more than 1 spatial element"
+    if base == "GroupNorm" and x_shape[0] > 0:
+        per_group = x_shape[1] // case.kw["num_groups"] * int(np.prod(x_shape[2:]))
+        if per_group == 1:
+            return "GroupNorm: each group holds 1 value"
     return None
 
 

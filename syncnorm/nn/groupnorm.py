@@ -3,7 +3,7 @@
 The C channels of each sample are split into `num_groups` groups of C/G consecutive channels; each
 (sample, group) is normalized with its own mean and biased variance over its channels and
 positions, then scaled and shifted per channel. Input (N, C, *), any rank >= 2; training and eval
-behave alike (no running statistics).
+behave alike (no running statistics). Groups of a single value are refused (see `GroupNorm`).
 
 With `affine=False`, torch silently accepts an input whose channel count differs from
 `num_channels` (when the groups still divide it); syncnorm accepts it too but warns, as torch's
@@ -27,7 +27,13 @@ __all__ = ["GroupNorm"]
 
 class GroupNorm(Module):
     """GroupNorm(num_groups, num_channels, eps=1e-5, affine=True, device=None, dtype=None, *,
-    bias=True): weight (C,) ones and bias (C,) zeros when affine."""
+    bias=True): weight (C,) ones and bias (C,) zeros when affine.
+
+    Unlike torch: a non-empty input whose groups hold one value each (C/G = 1 channel and no
+    positions, e.g. (N, C) with G = C) raises a ValueError at any batch size. Every output would be
+    the bias and the input would get no gradient; torch 2.13 raises only for a batch of one sample
+    and returns the bias silently otherwise. An empty batch (N = 0) is valid.
+    """
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  device: Any = None, dtype: Any = None, *, bias: bool = True) -> None:
@@ -81,6 +87,12 @@ class GroupNorm(Module):
         N, C = x.shape[:2]
         G = self.num_groups
         S = int(np.prod(x.shape[2:], dtype=np.int64))
+        if N > 0 and (C // G) * S == 1:
+            raise ValueError(
+                f"GroupNorm: each group holds 1 value (1 channel x 1 position), so the output "
+                f"would be the bias whatever the input; got input of shape {tuple(x.shape)} with "
+                f"{G} groups (torch raises this only for a batch of 1 sample). Use fewer groups, "
+                f"or normalize an input with positions")
         x3 = np.ascontiguousarray(x).reshape(N, C, S)
         if N * C * S > 0:
             mean, var = row_stats(x3.reshape(1, N * G, (C // G) * S))
