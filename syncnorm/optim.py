@@ -122,7 +122,7 @@ class Optimizer:
                     if arr.shape != p.shape:
                         raise ValueError(f"optimizer state {k!r} of parameter {i} has shape {arr.shape}, "
                                          f"the parameter has {p.shape}")
-                    entry[k] = arr.astype(p.dtype, copy=True)
+                    entry[k] = _state_array(arr, p.dtype, f"optimizer state {k!r} of parameter {i}")
                 else:
                     entry[k] = v
             new_state[p] = entry
@@ -192,3 +192,16 @@ class SGD(Optimizer):
                         buf += dt(1 - damp) * d if damp != 0 else d
                     d = d + dt(mom) * buf if nesterov else buf
                 p.data -= dt(lr) * d
+
+
+def _state_array(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
+    """`arr` cast to the parameter's dtype, refusing what the cast would not keep."""
+    if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+        raise ValueError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
+    with np.errstate(over="ignore"):
+        out = arr.astype(dtype, copy=True)
+    lost = np.isinf(out) & np.isfinite(arr)
+    if lost.any():
+        raise ValueError(f"{what}: finite values up to {float(np.abs(arr[lost]).max()):g} in "
+                         f"magnitude would become inf in {np.dtype(dtype)}")
+    return out

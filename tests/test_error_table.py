@@ -386,6 +386,10 @@ trigger("optim-state-index")(lambda: (lambda o, s: o.load_state_dict(dict(s, sta
     *_opt_and_state()))
 trigger("optim-state-shape")(lambda: (lambda o, s: o.load_state_dict(dict(s, state={
     0: {"momentum_buffer": np.ones(5)}})))(*_opt_and_state()))
+trigger("optim-state-dtype")(lambda: (lambda o, s: o.load_state_dict(dict(s, state={
+    0: {"momentum_buffer": np.array(["a", "b"])}})))(*_opt_and_state()))
+trigger("optim-state-range")(lambda: (lambda o, s: o.load_state_dict(dict(s, state={
+    0: {"momentum_buffer": np.full(2, 1e39)}})))(*_opt_and_state()))
 
 
 def _digits(d: Path, **change) -> Path:

@@ -99,3 +99,24 @@ def test_errors_like_torch():
                                                "weight_decay": 0, "nesterov": False, "maximize": False,
                                                "params": [0]}]})
     assert opt.param_groups[0]["lr"] == 0.1 and not opt.state  # nothing changed
+
+
+def test_load_state_dict_refuses_what_the_cast_would_not_keep_and_loads_nothing():
+    p = Parameter(np.ones(2, np.float32))
+    opt = SGD([p], lr=0.1, momentum=0.9)
+    p.grad = np.ones(2, np.float32)
+    opt.step()
+    good = opt.state_dict()
+    before = opt.state[p]["momentum_buffer"].copy()
+    for buf, msg in [(np.array(["a", "b"]), "optimizer state 'momentum_buffer' of parameter 0: "
+                      "expected a real numeric array, got dtype <U1"),
+                     (np.array([1.0, 1e39]), r"optimizer state 'momentum_buffer' of parameter 0: "
+                      r"finite values up to 1e\+39 in magnitude would become inf in float32")]:
+        bad = dict(good, state={0: {"momentum_buffer": buf}},
+                   param_groups=[dict(good["param_groups"][0], lr=0.5)])
+        with pytest.raises(ValueError, match=msg):
+            opt.load_state_dict(bad)
+        np.testing.assert_array_equal(opt.state[p]["momentum_buffer"], before)
+        assert opt.param_groups[0]["lr"] == 0.1
+    opt.load_state_dict(dict(good, state={0: {"momentum_buffer": np.array([np.inf, 2.0])}}))
+    assert opt.state[p]["momentum_buffer"].dtype == np.float32
