@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from .nn.module import Parameter
+from .nn.module import Parameter, overflow_in_cast
 
 __all__ = ["Optimizer", "SGD"]
 
@@ -198,10 +198,8 @@ def _state_array(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """`arr` cast to the parameter's dtype, refusing what the cast would not keep."""
     if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
         raise ValueError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
-    with np.errstate(over="ignore"):
-        out = arr.astype(dtype, copy=True)
-    lost = np.isinf(out) & np.isfinite(arr)
-    if lost.any():
-        raise ValueError(f"{what}: finite values up to {float(np.abs(arr[lost]).max()):g} in "
-                         f"magnitude would become inf in {np.dtype(dtype)}")
-    return out
+    worst = overflow_in_cast(arr, dtype)
+    if worst is not None:
+        raise ValueError(f"{what}: finite values up to {worst:g} in magnitude would become inf in "
+                         f"{np.dtype(dtype)}")
+    return arr.astype(dtype, copy=True)

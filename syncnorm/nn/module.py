@@ -428,10 +428,18 @@ def _check_range(arr: np.ndarray, dtype: np.dtype, key: str) -> None:
         if lo < info.min or hi >= info.max + 1:
             raise StateDictError(f'{key}: values from {lo} to {hi} do not fit {dtype} '
                                  f'({info.min} to {info.max})')
-    elif dtype.kind == "f" and arr.dtype != dtype:
-        with np.errstate(over="ignore"):
-            lost = np.isinf(arr.astype(dtype)) & np.isfinite(arr)
-        if lost.any():
-            worst = float(np.abs(arr[lost]).max())
+    elif dtype.kind == "f":
+        worst = overflow_in_cast(arr, dtype)
+        if worst is not None:
             raise StateDictError(f'{key}: finite values up to {worst:g} in magnitude would become '
                                  f'inf in {dtype} (largest {float(np.finfo(dtype).max):g})')
+
+
+def overflow_in_cast(arr: np.ndarray, dtype: np.dtype) -> float | None:
+    """The largest magnitude among the finite values of `arr` that become inf when cast to the
+    floating `dtype`, or None when the cast keeps every finite value finite."""
+    if arr.size == 0 or np.dtype(dtype) == arr.dtype:
+        return None
+    with np.errstate(over="ignore"):
+        lost = np.isinf(arr.astype(dtype)) & np.isfinite(arr)
+    return float(np.abs(arr[lost]).max()) if lost.any() else None
