@@ -69,17 +69,17 @@ def row_backward_ref(dy, x, w, eps, axes):
 
 
 def numeric_grad(f: Callable[[], float], arr: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar f() with respect to every entry of `arr` (in place)."""
+    """Central differences of the scalar f() with respect to every entry of `arr`, which is
+    perturbed in place (any memory layout) and restored; float64 result of arr's shape."""
     g = np.zeros(arr.shape)
-    flat = arr.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + h
+    for i in np.ndindex(arr.shape):
+        old = arr[i]
+        arr[i] = old + h
         fp = f()
-        flat[i] = old - h
+        arr[i] = old - h
         fm = f()
-        flat[i] = old
-        g.reshape(-1)[i] = (fp - fm) / (2 * h)
+        arr[i] = old
+        g[i] = (fp - fm) / (2 * h)
     return g
 
 

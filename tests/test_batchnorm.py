@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from family_reference import numeric_grad
 from syncnorm import nn
 
 DATA = np.load(Path(__file__).parent / "data" / "bn_refs.npz", allow_pickle=False)
@@ -103,21 +104,6 @@ def test_extreme_means_float64_exact(mean, std):
 
 
 # ----------------------------------------------------------------------- finite differences
-def _numgrad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    it = np.nditer(a, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 @pytest.mark.parametrize("cls,shape,training,track", [
     (nn.BatchNorm1d, (5, 3), True, True), (nn.BatchNorm1d, (4, 2, 3), True, True),
     (nn.BatchNorm2d, (3, 2, 2, 3), True, True), (nn.BatchNorm3d, (2, 2, 2, 2, 3), True, True),
@@ -149,9 +135,9 @@ def test_gradients_match_finite_differences(cls, shape, training, track):
     m(x)
     dx = m.backward(dy)
     gw, gb = m.weight.grad.copy(), m.bias.grad.copy()
-    np.testing.assert_allclose(dx, _numgrad(loss, x), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(gw, _numgrad(loss, m.weight.data), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(gb, _numgrad(loss, m.bias.data), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(dx, numeric_grad(loss, x), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gw, numeric_grad(loss, m.weight.data), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(gb, numeric_grad(loss, m.bias.data), rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------- semantics

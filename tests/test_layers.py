@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from family_reference import numeric_grad
 from syncnorm import nn
 from syncnorm.models import digits_cnn
 
@@ -136,19 +137,6 @@ def test_init_is_reproducible_from_a_generator_and_manual_seed():
 
 
 # --------------------------------------------------------------------------- finite differences
-def numgrad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        old = a[i]
-        a[i] = old + eps
-        fp = f()
-        a[i] = old - eps
-        fm = f()
-        a[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
-
-
 def gradcheck(m, x, rng, tol=1e-7):
     """Input and parameter gradients of sum(m(x) * dy) against central differences."""
     y = m(x)
@@ -156,9 +144,9 @@ def gradcheck(m, x, rng, tol=1e-7):
     m.zero_grad()
     dx = m.backward(dy)
     f = lambda: float(np.sum(m(x) * dy))  # noqa: E731
-    close(dx, numgrad(f, x), tol)
+    close(dx, numeric_grad(f, x), tol)
     for _, p in m.named_parameters():
-        close(p.grad, numgrad(f, p.data), tol)
+        close(p.grad, numeric_grad(f, p.data), tol)
 
 
 LAYERS = [
@@ -209,7 +197,7 @@ def test_dropout_gradient_with_a_fixed_mask():
     def f():
         nn.set_dropout_keys(m, [3, 1, 4, 1], step=2, seed=7)
         return float(np.sum(m(x) * dy))
-    close(dx, numgrad(f, x), 1e-7)
+    close(dx, numeric_grad(f, x), 1e-7)
     kept = y != 0
     np.testing.assert_allclose(y[kept], x[kept] / 0.7)
 
@@ -225,7 +213,7 @@ def test_cross_entropy_gradient_matches_finite_differences(kw, probs):
     crit = nn.CrossEntropyLoss(**{k: np.array(v) if k == "weight" else v for k, v in kw.items()})
     crit(z, t)
     dz = crit.backward()
-    close(dz, numgrad(lambda: float(crit(z, t)), z), 1e-7)
+    close(dz, numeric_grad(lambda: float(crit(z, t)), z), 1e-7)
 
 
 # --------------------------------------------------------------------------- dropout semantics
