@@ -1,4 +1,5 @@
-"""Small input checks shared by the layers (clear errors that say what was expected and what came)."""
+"""Small helpers shared by the layers: input checks (clear errors that say what was expected and
+what came) and the registration, reset and gradient accumulation of weight and bias."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,7 +9,8 @@ import numpy as np
 from .module import Module, Parameter
 
 __all__ = ["FLOAT_DTYPES", "check_float_input", "check_param_dtype", "check_ndim", "param_dtype",
-           "check_device", "check_eps", "affine_parameters", "reset_affine", "accumulate_affine"]
+           "check_device", "check_eps", "affine_parameters", "reset_affine", "accumulate_affine",
+           "weight_and_bias"]
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
@@ -44,6 +46,17 @@ def affine_parameters(module: Module, shape: tuple[int, ...], dtype: np.dtype, a
             module.register_parameter("bias", None)
     else:
         module.register_parameter("weight", None)
+        module.register_parameter("bias", None)
+
+
+def weight_and_bias(module: Module, weight_shape: tuple[int, ...], dtype: np.dtype,
+                    bias: bool) -> None:
+    """Register `weight` of `weight_shape` and `bias` of (weight_shape[0],), or None for bias=False,
+    uninitialized: the layer's reset_parameters draws them (Linear, Conv2d)."""
+    module.weight = Parameter(np.empty(weight_shape, dtype))
+    if bias:
+        module.bias = Parameter(np.empty(weight_shape[0], dtype))
+    else:
         module.register_parameter("bias", None)
 
 

@@ -7,9 +7,9 @@ import numpy as np
 
 from ..functional import conv as K
 from . import init
-from ._util import (check_device, check_float_input, check_grad_shape, check_ndim, check_param_dtype,
-                    no_forward, param_dtype)
-from .module import Module, Parameter
+from ._util import (accumulate_affine, check_device, check_float_input, check_grad_shape, check_ndim,
+                    check_param_dtype, no_forward, param_dtype, weight_and_bias)
+from .module import Module
 
 __all__ = ["Conv2d"]
 
@@ -69,12 +69,8 @@ class Conv2d(Module):
             self.padding = K.pair(padding, "padding", 0)
             self._pad = self.padding
         dt = param_dtype(dtype)
-        self.weight = Parameter(np.empty((self.out_channels, self.in_channels // self.groups)
-                                         + self.kernel_size, dt))
-        if bias:
-            self.bias = Parameter(np.empty(self.out_channels, dt))
-        else:
-            self.register_parameter("bias", None)
+        weight_and_bias(self, (self.out_channels, self.in_channels // self.groups) + self.kernel_size,
+                        dt, bias)
         self._cache: tuple | None = None
         self.reset_parameters(generator)
 
@@ -113,9 +109,7 @@ class Conv2d(Module):
         dy4 = (dy[None] if unbatched else dy).astype(self.weight.dtype, copy=False)
         dx, dw, db = K.conv2d_backward(dy4, cols, x4shape, self.weight.data, self.stride, self._pad,
                                        self.dilation, self.groups)
-        self.weight.accumulate_grad(dw)
-        if self.bias is not None:
-            self.bias.accumulate_grad(db)
+        accumulate_affine(self, dw, db)
         return dx.reshape(xshape)
 
     def extra_repr(self) -> str:

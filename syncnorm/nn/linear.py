@@ -6,8 +6,9 @@ from typing import Any
 import numpy as np
 
 from . import init
-from ._util import check_device, check_float_input, check_grad_shape, check_param_dtype, no_forward, param_dtype
-from .module import Module, Parameter
+from ._util import (check_device, check_float_input, check_grad_shape, check_param_dtype, no_forward,
+                    param_dtype, weight_and_bias)
+from .module import Module
 
 __all__ = ["Linear"]
 
@@ -31,11 +32,7 @@ class Linear(Module):
         dt = param_dtype(dtype)
         self.in_features = in_features
         self.out_features = out_features
-        self.weight = Parameter(np.empty((out_features, in_features), dt))
-        if bias:
-            self.bias = Parameter(np.empty(out_features, dt))
-        else:
-            self.register_parameter("bias", None)
+        weight_and_bias(self, (out_features, in_features), dt, bias)
         self._cache: tuple | None = None
         self.reset_parameters(generator)
 
