@@ -26,6 +26,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -33,8 +34,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-__all__ = ["MPIInfo", "detect_mpi", "build_command", "job_env", "run", "kill_session", "main",
-           "LaunchError"]
+__all__ = ["MPIInfo", "detect_mpi", "build_command", "job_env", "run", "kill_session",
+           "remove_session_dir", "main", "LaunchError"]
 
 VENDORS = ("openmpi", "mpich", "intelmpi")
 _LAUNCHER_NAMES = {"openmpi": ["mpirun", "mpiexec"],
@@ -322,7 +323,8 @@ def run(line: list[str], env: dict[str, str], timeout: float | None = None, *,
     `kill_grace` s after it (the MPI's own timeout comes first; its abort can itself hang) and 124
     is returned. A `[syncnorm fatal]` line on the job's stderr (a rank's collective timed out)
     gives the MPI `abort_grace` s to end the job before it is killed (exit code 1). The job's
-    stderr is copied to `stderr` (default: this process's) as it comes."""
+    stderr is copied to `stderr` (default: this process's) as it comes. Once the launcher is gone,
+    a session directory it could not remove is removed (`remove_session_dir`)."""
     out = stderr if stderr is not None else sys.stderr.buffer
     proc = subprocess.Popen(line, env=env, start_new_session=True, stderr=subprocess.PIPE)
     state = {"fatal_at": None, "signal_at": None}
@@ -376,6 +378,51 @@ def run(line: list[str], env: dict[str, str], timeout: float | None = None, *,
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        if proc.poll() is not None:
+            removed = remove_session_dir(proc.pid, line, env)
+            if removed:
+                print(f"syncnorm-launch: removed the launcher's leftover session directory "
+                      f"{removed}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------- leftovers
+def session_dir(pid: int, line: list[str], env: dict[str, str]) -> str:
+    """Where Open MPI 5's launcher with process id `pid` keeps its session files: BASE/ompi.PID,
+    BASE = prte_tmpdir_base (`--mca`/`--prtemca` on `line`, or $PRTE_MCA_prte_tmpdir_base), else
+    $TMPDIR, $TEMP, $TMP, /tmp (the order Open MPI 5.0 follows, checked one variable at a time)."""
+    base = env.get("PRTE_MCA_prte_tmpdir_base")
+    for i in range(len(line) - 2):
+        if line[i] in ("--mca", "--prtemca") and line[i + 1] == "prte_tmpdir_base":
+            base = line[i + 2]
+    base = base or env.get("TMPDIR") or env.get("TEMP") or env.get("TMP") or "/tmp"
+    return os.path.join(base, f"ompi.{pid}")
+
+
+def remove_session_dir(pid: int, line: list[str], env: dict[str, str]) -> str | None:
+    """Remove the session directory a dead Open MPI launcher left behind; return its path, or None
+    when there was nothing to remove.
+
+    A launcher that is killed (SIGKILL: a job timeout, a dead peer) cannot remove BASE/ompi.PID.
+    Process ids wrap (/proc/sys/kernel/pid_max is 32768 on many machines), and a later launcher that
+    gets the same id refuses to start with "The PMIx server's listener thread failed to start"
+    (Open MPI 5.0.11: every launch failed when the stale directory held the PMIx tool files). Only
+    a directory owned by this user, and only while no process has that id, is removed."""
+    path = session_dir(pid, line, env)
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():  # lstat: never a symlink
+        return None
+    try:
+        os.kill(pid, 0)
+        return None  # the id belongs to a live process again: the directory may be its
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return None
+    shutil.rmtree(path, ignore_errors=True)
+    return None if os.path.exists(path) else path
 
 
 def kill_session(proc: subprocess.Popen) -> None:

@@ -1,5 +1,8 @@
 import os
+import re
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False,
                      help="run the slow (nightly-style) property and fuzz tests")
+
+
+_PRIVATE_TMP: list[str] = []
+
+
+def pytest_configure(config):
+    """Every process the suite starts gets a private, empty $TMPDIR. Open MPI keeps a launcher's
+    session files in $TMPDIR/ompi.PID; a directory left by a killed launcher elsewhere on the
+    machine would stop any launcher of ours that reuses the PID ("The PMIx server's listener
+    thread failed to start"; see syncnorm.launch.remove_session_dir)."""
+    d = tempfile.mkdtemp(prefix="syncnorm-tests-")
+    _PRIVATE_TMP.append(d)
+    os.environ["TMPDIR"] = d
+    tempfile.tempdir = None  # gettempdir() reads $TMPDIR again
+
+
+def pytest_unconfigure(config):
+    for d in _PRIVATE_TMP:
+        names = os.listdir(d) if os.path.isdir(d) else []
+        left = sorted(n for n in names if re.fullmatch(r"ompi\.\d+", n))  # ompi.HOST.UID: singletons
+        if left:
+            print(f"\n[conftest] Open MPI session directories left by killed launchers: "
+                  f"{', '.join(left)}", file=sys.stderr)
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -51,6 +51,9 @@ def run_mpi(nprocs: int, args: list[str], timeout: float = 180, env: dict[str, s
         launch.kill_session(proc)
         out, _ = proc.communicate()
         return Job(124, (out or "") + f"\n[mpi_harness] killed after {timeout:g} s", True)
+    finally:
+        if proc.poll() is not None:  # a killed launcher leaves one; its id may come back
+            launch.remove_session_dir(proc.pid, line, full_env)
 
 
 def run_pytest_mpi(nprocs: int, target: str, timeout: float = 300, extra: tuple[str, ...] = (),

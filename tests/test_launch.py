@@ -196,6 +196,56 @@ def test_sigterm_is_forwarded_and_the_job_ends():
             os.kill(pid, signal.SIGKILL)
 
 
+def _same_pid_again(pid: int, line: list[str], env: dict[str, str]) -> subprocess.Popen | None:
+    """Start `line` with process id `pid` (root: /proc/sys/kernel/ns_last_pid); None if the id
+    could not be had (another process took it, or no permission)."""
+    for _ in range(20):
+        try:
+            with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+                f.write(str(pid - 1))
+        except OSError:
+            return None
+        proc = subprocess.Popen(line, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        if proc.pid == pid:
+            return proc
+        proc.communicate(timeout=60)
+    return None
+
+
+def test_a_killed_launcher_leaves_no_session_directory_to_stop_the_next_job(tmp_path, capfd):
+    """Open MPI keeps a launcher's session files in $TMPDIR/ompi.PID and cannot remove them when the
+    launcher is killed; process ids wrap, and a launcher that later gets the same id refuses to
+    start ("The PMIx server's listener thread failed to start"). Here rank 0 stops the launcher
+    (SIGSTOP: it can no longer clean up), `run` kills it at the timeout and must remove the
+    directory; then a new launcher with the same process id must start and run."""
+    info = launch.detect_mpi()
+    if info.vendor != "openmpi":
+        pytest.skip(f"Open MPI's session directories; this MPI is {info.vendor}")
+    env = launch.job_env(info)
+    env.update(TMPDIR=str(tmp_path), PYTHONPATH=str(ROOT))
+    ppid = tmp_path / "launcher.pid"
+    job = ("import os, signal, time\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Barrier()\n"
+           "if MPI.COMM_WORLD.rank == 0:\n"
+           f"    open({str(ppid)!r}, 'w').write(str(os.getppid()))\n"
+           "    os.kill(os.getppid(), signal.SIGSTOP)\n"
+           "time.sleep(120)\n")
+    line = launch.build_command(2, [PY, "-c", job], info)
+    rc = launch.run(line, env, timeout=4, kill_grace=1, stderr=open(os.devnull, "wb"))
+    assert rc == 124
+    pid = int(ppid.read_text())
+    err = capfd.readouterr().err
+    assert f"removed the launcher's leftover session directory {tmp_path / f'ompi.{pid}'}" in err
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("ompi.")]
+
+    again = _same_pid_again(pid, launch.build_command(2, [PY, "-c", "from mpi4py import MPI"],
+                                                      info), env)
+    if again is None:
+        pytest.skip(f"could not start a launcher with process id {pid} again (needs root)")
+    out, _ = again.communicate(timeout=60)
+    assert again.returncode == 0, out
+
+
 @pytest.mark.parametrize("runner", [["-m", "mpi4py"], []], ids=["python -m mpi4py", "plain python"])
 def test_a_collective_timeout_prints_the_layer_and_ends_the_job(tmp_path, runner):
     """Rank 1 never reaches the SyncBatchNorm collective: rank 0 times out, prints the fatal line
