@@ -196,7 +196,7 @@ class SGD(Optimizer):
 
 def _state_array(arr: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
     """`arr` cast to the parameter's dtype, refusing what the cast would not keep."""
-    if arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+    if arr.dtype.kind not in "iuf":  # bool is kind "b", complex "c": refused
         raise ValueError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
     worst = overflow_in_cast(arr, dtype)
     if worst is not None:

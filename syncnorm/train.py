@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"rank {rank}: cannot resume: {e}", file=sys.stderr, flush=True)
                 return 2
             missing = [k for k in ("run", "epoch", "step_in_epoch", "global_step", "sampler", "epoch_loss")
-                       if k not in meta] or ([] if isinstance(meta["run"], dict) else ["run"])
+                       if k not in meta]
+            if not missing and not isinstance(meta["run"], dict):
+                missing = ["run"]
             if missing:  # a valid checkpoint, but not one syncnorm-train wrote
                 print(f"rank {rank}: cannot resume from {ckpt}: it was not written by syncnorm-train "
                       f"(its metadata lacks {', '.join(missing)})", file=sys.stderr, flush=True)

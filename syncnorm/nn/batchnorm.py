@@ -216,7 +216,6 @@ class _BatchNorm(_NormBase):
         return dx.reshape(shape).astype(dy.dtype, copy=False)
 
 
-
 class BatchNorm1d(_BatchNorm):
     """BatchNorm over (N, C) or (N, C, L) input; arguments and semantics as `BatchNorm2d`."""
 

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-__all__ = ["default_reset_","manual_seed", "default_generator", "calculate_gain", "calculate_fan_in_and_fan_out",
-           "uniform_", "zeros_", "ones_", "kaiming_uniform_", "resolve_generator"]
+__all__ = ["manual_seed", "default_generator", "calculate_gain", "calculate_fan_in_and_fan_out",
+           "uniform_", "zeros_", "ones_", "kaiming_uniform_", "default_reset_", "resolve_generator"]
 
 _DEFAULT = np.random.default_rng()
 

@@ -17,8 +17,8 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm, _LazyNormBase
 
 from ..distributed.exchange import RanksOutOfStepError, StatsExchange, exchange_for, next_layer_index
-from ..functional.moments import choose_shift
 from ..distributed.group import ProcessGroup
+from ..functional.moments import choose_shift
 from . import _views as V
 from .function import StepPlan, SyncBatchNormFunction
 
