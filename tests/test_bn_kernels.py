@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import syncnorm.functional.moments  # noqa: F401  (the module, not the function of that name)
-from syncnorm.functional import batch_norm as K
+from syncnorm.functional import batch_norm as bn
+from syncnorm.functional import blocks, elementwise
 
 MO = __import__("sys").modules["syncnorm.functional.moments"]
 
@@ -24,7 +25,7 @@ def _close(a, b, tol):
 
 
 SHAPES = [(4, 3, 20), (8, 5, 16), (3, 2, 7), (8, 6, 49), (2, 3, 800), (5, 4, 300),
-          (1, 7, 33), (2, 2, MO.ROW_PIECE * 2 + 7), (2, 2, K.ELEM_BLOCK + 5),
+          (1, 7, 33), (2, 2, blocks.ROW_PIECE * 2 + 7), (2, 2, blocks.ELEM_BLOCK + 5),
           # short rows (the column kernels): one block, several blocks, a row wider than a block
           (600, 5, 1), (300, 7, 9), (40000, 3, 1), (3, 40000, 1)]
 
@@ -81,7 +82,7 @@ def test_normalize_and_backward_match_float64(shape, loc, std):
     mean, var = _ref_stats(x3)
     invstd = 1 / np.sqrt(var + 1e-5)
     w, b = rng.uniform(0.5, 1.5, C), rng.normal(size=C)
-    y = K.normalize(x3, mean, invstd, w, b)
+    y = bn.normalize(x3, mean, invstd, w, b)
     _close(y, _affine_ref(x3, mean, invstd, w, b), 2e-6 * (1 + loc * np.max(invstd) * 1e-3))
     # backward sums, with and without the fold
     x64, d64 = x3.astype(np.float64), dy3.astype(np.float64)
@@ -90,7 +91,7 @@ def test_normalize_and_backward_match_float64(shape, loc, std):
     # h's error scale: sum |dy * (x - mean)| ~ A*M*std (h itself may be much smaller)
     h_atol = 2e-5 * max(1.0, float(np.sqrt(var).max()) * shape[0] * shape[2])
     for inv in (None, invstd):  # centred, and folded when |mean| <= 4 std
-        g, h = K.backward_reduce(dy3, x3, mean, inv)
+        g, h = bn.backward_reduce(dy3, x3, mean, inv)
         _close(g, g_ref, 1e-5)
         assert np.abs(h - h_ref).max() <= h_atol
     # input gradient against the float64 formula
@@ -98,7 +99,7 @@ def test_normalize_and_backward_match_float64(shape, loc, std):
     k = invstd * w
     dx_ref = k.reshape(1, -1, 1) * (d64 - (g_ref / n).reshape(1, -1, 1) - (x64 - mean.reshape(1, -1, 1))
                                     * (h_ref * invstd ** 2 / n).reshape(1, -1, 1))
-    dx = K.backward_elemt(dy3, x3, mean, invstd, w, g_ref, h_ref, n)
+    dx = bn.backward_elemt(dy3, x3, mean, invstd, w, g_ref, h_ref, n)
     _close(dx, dx_ref, 5e-5)
 
 
@@ -109,16 +110,16 @@ def test_backward_elemt_fallbacks_zero_weight_and_output_on_dy():
     mean, var = _ref_stats(x3)
     invstd = 1 / np.sqrt(var + 1e-5)
     w = np.array([1.0, 0.0, 2.0, -1.0])  # k = 0 on one channel: no k-factored form
-    g, h = K.backward_reduce(dy3, x3, mean, invstd)
+    g, h = bn.backward_reduce(dy3, x3, mean, invstd)
     n = 6 * 70
-    ref = K.backward_elemt(dy3, x3, mean, invstd, np.ones(4), g, h, n) * w.reshape(1, -1, 1)
-    dx = K.backward_elemt(dy3, x3, mean, invstd, w, g, h, n)
+    ref = bn.backward_elemt(dy3, x3, mean, invstd, np.ones(4), g, h, n) * w.reshape(1, -1, 1)
+    dx = bn.backward_elemt(dy3, x3, mean, invstd, w, g, h, n)
     _close(dx, ref, 1e-5)
     assert np.all(dx[:, 1] == 0)
     # the output may be dy's own memory (dy is read before it is overwritten)
-    expect = K.backward_elemt(dy3, x3, mean, invstd, np.ones(4), g, h, n)
+    expect = bn.backward_elemt(dy3, x3, mean, invstd, np.ones(4), g, h, n)
     d2 = dy3.copy()
-    K.backward_elemt(d2, x3, mean, invstd, np.ones(4), g, h, n, out3=d2)
+    bn.backward_elemt(d2, x3, mean, invstd, np.ones(4), g, h, n, out3=d2)
     _close(d2, expect, 1e-6)
 
 
@@ -127,18 +128,18 @@ def test_float16_io_and_eval_backward():
     x3 = rng.standard_normal((4, 3, 100)).astype(np.float16)
     mean, var = _ref_stats(x3)
     invstd = 1 / np.sqrt(var + 1e-5)
-    y = K.normalize(x3, mean, invstd, None, None)
+    y = bn.normalize(x3, mean, invstd, None, None)
     assert y.dtype == np.float16
     _close(y, _affine_ref(x3, mean, invstd, np.ones(3), np.zeros(3)), 2e-3)
     dy = rng.standard_normal(x3.shape).astype(np.float32)
-    dx = K.eval_backward(dy, invstd, np.array([1.0, 2.0, 0.5]))
+    dx = bn.eval_backward(dy, invstd, np.array([1.0, 2.0, 0.5]))
     _close(dx, dy * (invstd * [1.0, 2.0, 0.5]).reshape(1, -1, 1), 1e-6)
 
 
 def test_unbuffered_restores_the_buffer_size():
     before = np.getbufsize()
-    with K._unbuffered(784):
+    with elementwise.unbuffered(784):
         assert np.getbufsize() == 784
-    with K._unbuffered(None):
+    with elementwise.unbuffered(None):
         assert np.getbufsize() == before
     assert np.getbufsize() == before

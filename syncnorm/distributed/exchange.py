@@ -3,7 +3,8 @@
 Forward sends [fingerprint(4), errors, count, S1(C), S2(C)] and backward [fingerprint(4), errors,
 0, sum dy (C), sum dy*(x-mean) (C)], all float64 (2C+6 values each way), in buffers made once per
 layer: the bytes per step do not depend on the group size (all-gather designs send P*(2C+1) values
-per rank). Used by `nn.SyncBatchNorm` and by the PyTorch adapter alike. The backward buffer carries
+per rank). Used by `nn.SyncBatchNorm` and by the PyTorch adapter alike; the statistics step
+(`functional.stats.group_stats`) receives it as a value. The backward buffer carries
 one unused value so that both directions have the same size: a rank that skips a backward (or runs
 a forward twice) then meets its peers' other-phase call with a buffer of the same length, and the
 fingerprint catches it on every rank; with lengths that differ, MPI's collective can hang (Open MPI
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from . import comm as C
+from . import comm
 from .group import ProcessGroup, as_group, get_world_group
 
 __all__ = ["StatsExchange", "exchange_for", "RanksOutOfStepError", "PeerInputError", "next_layer_index",
@@ -85,15 +86,25 @@ class StatsExchange:
         self._bwd = np.empty(_HEAD + 1 + 2 * channels)  # as long as _fwd (see the module doc)
         self._pre = np.empty(4)
 
+    @property
+    def size(self) -> int:
+        """The number of ranks in the group."""
+        return self.group.size
+
+    @property
+    def collective_calls(self) -> int:
+        """Allreduces made so far (forward + backward; none in a group of size 1)."""
+        return 0 if self.group.size == 1 else self.forward_calls + self.backward_calls
+
     def describe(self) -> str:
         return f"{self.label} #{self.layer_index} ({self.channels} channels) in {self.group}"
 
     # ------------------------------------------------------------------ the collective
     def _reduce(self, buf: np.ndarray, what: str) -> None:
-        timeout = self.timeout if self.timeout is not None else C.default_timeout()
+        timeout = self.timeout if self.timeout is not None else comm.default_timeout()
         try:
-            C.allreduce_sum(buf, self.group.comm, timeout, f"{what} of {self.describe()}")
-        except C.mpi().Exception as e:  # MPI reported an error (truncation: buffers of other sizes)
+            comm.allreduce_sum(buf, self.group.comm, timeout, f"{what} of {self.describe()}")
+        except comm.mpi().Exception as e:  # MPI reported an error (truncation: buffers of other sizes)
             raise RanksOutOfStepError(
                 f"{self.describe()}: MPI failed in the {what} ({e}); the ranks passed buffers of "
                 "different sizes, so they are not calling the same layer. Every rank of a group "

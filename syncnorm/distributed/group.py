@@ -14,7 +14,8 @@ from . import comm as C
 from .env import check_launcher_family, check_world, wants_mpi
 
 __all__ = ["ProcessGroup", "get_world_group", "get_rank", "get_world_size", "new_group",
-           "new_subgroups", "new_subgroups_by_enumeration", "split_by_node", "as_group"]
+           "new_subgroups", "new_subgroups_by_enumeration", "split_by_node", "as_group",
+           "check_process_group"]
 
 
 class ProcessGroup:
@@ -77,13 +78,29 @@ def as_group(group: Any) -> ProcessGroup:
         return get_world_group()
     if isinstance(group, ProcessGroup):
         return group
-    if all(hasattr(group, a) for a in ("Get_size", "Get_rank", "Allreduce", "Get_group")):
-        w = get_world_group()
-        ranks = _world_ranks_of(group)
-        me = ranks[group.Get_rank()] if w.comm is not None else 0
-        return ProcessGroup(group, ranks, me, f"communicator {getattr(group, 'name', '')!s}".strip())
+    check_process_group(group)
+    w = get_world_group()
+    ranks = _world_ranks_of(group)
+    me = ranks[group.Get_rank()] if w.comm is not None else 0
+    return ProcessGroup(group, ranks, me, f"communicator {getattr(group, 'name', '')!s}".strip())
+
+
+def _is_communicator(obj: Any) -> bool:
+    return all(hasattr(obj, a) for a in ("Get_size", "Get_rank", "Allreduce", "Get_group"))
+
+
+def check_process_group(process_group: Any) -> None:
+    """Raise a TypeError unless `process_group` is None, a ProcessGroup or an mpi4py communicator
+    (checked without starting MPI; every `process_group=` argument goes through here)."""
+    if process_group is None or isinstance(process_group, ProcessGroup) or _is_communicator(process_group):
+        return
+    hint = ""
+    if type(process_group).__module__.startswith("torch"):
+        hint = (" (a torch.distributed group cannot carry syncnorm's MPI collectives: make the same "
+                "ranks into a group with syncnorm.distributed.new_group(ranks) or "
+                "new_subgroups_by_enumeration)")
     raise TypeError("process_group must be a syncnorm ProcessGroup, an mpi4py communicator or None; "
-                    f"got {type(group).__name__}")
+                    f"got {type(process_group).__name__}{hint}")
 
 
 def _check_ranks(ranks: Sequence[int], world_size: int, what: str) -> list[int]:

@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .moments import work_dtype
+from .blocks import COL_BLOCK, work_dtype
 
 __all__ = ["col_moments", "col_affine", "col_backward_reduce"]
 
 _F64 = np.dtype(np.float64)
-
-
-#: elements per block of the column view (float32: 128 KiB; a block and its centred copy stay in L2)
-COL_BLOCK = 1 << 15
 
 
 def _blocks(A: int, CM: int) -> list[tuple[int, int]]:
@@ -34,8 +30,8 @@ def _cols(x3: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x3.reshape(A, C * M))
 
 
-def col_moments(x3: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shifted sums (S1, S2) per channel of x3 (A, C, M) about K (C,), float64."""
+def col_moments(x3: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shifted sums (S1, S2) per channel of x3 (A, C, M) about `shift` (C,), float64."""
     A, C, M = x3.shape
     CM = C * M
     X, wd = _cols(x3), work_dtype(x3.dtype)
@@ -58,7 +54,7 @@ def col_moments(x3: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tb *= tb
         np.matmul(o, tb, out=t2[i])
         r[i] = n
-    d = mb.astype(_F64) - np.repeat(K, M)
+    d = mb.astype(_F64) - np.repeat(shift, M)
     T1 = t1.astype(_F64)
     s1 = (T1 + r * d).sum(axis=0)
     s2 = (t2.astype(_F64) + d * (2 * T1 + r * d)).sum(axis=0)

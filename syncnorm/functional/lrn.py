@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .moments import BLOCK_ELEMS
+from .blocks import BLOCK_ELEMS
 
 __all__ = ["window_sum", "lrn_forward", "lrn_backward"]
 

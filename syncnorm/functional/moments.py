@@ -29,73 +29,22 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["moments", "mean_var", "poorly_shifted", "choose_shift", "row_blocks", "work_dtype", "rows_view",
-           "block_ranges", "piece_bounds", "piece_sums", "rowdot", "BLOCK_ELEMS", "MIN_ROW",
-           "ROW_PIECE", "REDUCE_BLOCK", "UNCENTRED_LIMIT"]
+from .blocks import BLOCK_ELEMS, MIN_ROW, REDUCE_BLOCK, piece_bounds, rowdot, work_dtype
+from .columns import col_moments
 
-#: elements per block of rows (float32: 128 KiB; a few such blocks stay in L2)
-BLOCK_ELEMS = 1 << 15
-#: elements per block of a reduction pass (blocks beyond L2 still win: fewer calls, longer streams)
-REDUCE_BLOCK = 1 << 18
-#: longest run of values summed in the working dtype (longer rows are cut into pieces)
-ROW_PIECE = 1 << 14
-#: rows shorter than this are reduced column-wise in float64
-MIN_ROW = 16
+__all__ = ["moments", "mean_var", "poorly_shifted", "rows_view", "piece_sums", "UNCENTRED_LIMIT",
+           "RESHIFT_RATIO"]
+
 #: a piece with mean^2 > UNCENTRED_LIMIT * var (|mean| > 4 std) is summed again about its mean
 UNCENTRED_LIMIT = 16.0
 #: (mean - shift)^2 / var above which float64 shifted sums may lose more than ~1e-8 of the variance
 RESHIFT_RATIO = 1e8
-
-_F16 = np.dtype(np.float16)
-_VECDOT = getattr(np, "vecdot", None)  # numpy >= 2.0: one BLAS dot per row
-
-
-def rowdot(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """sum(a * b) along the last axis, in the operands' dtype (BLAS dots with numpy >= 2)."""
-    if _VECDOT is not None:
-        return _VECDOT(a, b, out=out)
-    return np.einsum("...i,...i->...", a, b, out=out)
-
-
-def work_dtype(dtype: np.dtype) -> np.dtype:
-    """Elementwise work runs in float32 for float16 input, else in the input's dtype."""
-    return np.dtype(np.float32) if np.dtype(dtype) == _F16 else np.dtype(dtype)
 
 
 def rows_view(x3: np.ndarray) -> np.ndarray:
     """(A, C, M) as (A*C, M) rows (a copy only when the layout requires it)."""
     A, C, M = x3.shape
     return x3.reshape(A * C, M)
-
-
-def block_ranges(A: int, C: int, M: int, block: int = BLOCK_ELEMS):
-    """Yield (a0, a1, c0, c1, m0, m1) blocks of about `block` elements covering (A, C, M)."""
-    if M >= block:
-        mstep, cstep, astep = block, 1, 1
-    elif C * M >= block:
-        mstep, cstep, astep = M, max(1, block // M), 1
-    else:
-        mstep, cstep, astep = M, C, max(1, block // max(1, C * M))
-    for a0 in range(0, A, astep):
-        a1 = min(A, a0 + astep)
-        for c0 in range(0, C, cstep):
-            c1 = min(C, c0 + cstep)
-            for m0 in range(0, M, mstep):
-                yield a0, a1, c0, c1, m0, min(M, m0 + mstep)
-
-
-def row_blocks(nrows: int, M: int, block: int = BLOCK_ELEMS):
-    """Yield (r0, r1) ranges of rows of about `block` elements."""
-    step = max(1, block // max(1, M))
-    for r0 in range(0, nrows, step):
-        yield r0, min(nrows, r0 + step)
-
-
-def piece_bounds(M: int, piece: int = ROW_PIECE) -> list[tuple[int, int]]:
-    """Split a row of M values into pieces of nearly equal length, none longer than `piece`."""
-    k = max(1, -(-M // piece))
-    edges = [M * i // k for i in range(k + 1)]
-    return list(zip(edges[:-1], edges[1:]))
 
 
 def _as_work(blk: np.ndarray, wd: np.dtype, scratch: np.ndarray | None) -> np.ndarray:
@@ -142,7 +91,7 @@ def centred_sums(rows: np.ndarray, m: np.ndarray, wd: np.dtype) -> tuple[np.ndar
     return t1, t2
 
 
-def _piece_moments(piece: np.ndarray, A: int, C: int, K: np.ndarray
+def _piece_moments(piece: np.ndarray, A: int, C: int, shift: np.ndarray
                    ) -> tuple[np.ndarray, np.ndarray]:
     """This piece's contribution (S1, S2) per channel, float64 (C,); `piece` is (A*C, n)."""
     wd = work_dtype(piece.dtype)
@@ -156,7 +105,7 @@ def _piece_moments(piece: np.ndarray, A: int, C: int, K: np.ndarray
     # (or where the piece is constant); NaN/Inf compare False and propagate like torch
     bad = m * m > (UNCENTRED_LIMIT / n) * t2
     if not bad.any():
-        d = m.reshape(A, C) - K  # piece mean - shift
+        d = m.reshape(A, C) - shift
         return n * d.sum(axis=0), t2.reshape(A, C).sum(axis=0) + n * np.einsum("ac,ac->c", d, d)
     redo = np.flatnonzero(bad)
     t1 = np.zeros_like(m)
@@ -165,7 +114,7 @@ def _piece_moments(piece: np.ndarray, A: int, C: int, K: np.ndarray
     m[redo] = mc.astype(np.float64)
     t1[redo] = c1
     t2[redo] = c2
-    d = m.reshape(A, C) - K
+    d = m.reshape(A, C) - shift
     t1 = t1.reshape(A, C)
     t2 = t2.reshape(A, C)
     return (t1 + n * d).sum(axis=0), (t2 + d * (2 * t1 + n * d)).sum(axis=0)
@@ -178,17 +127,16 @@ def moments(x3: np.ndarray, shift: np.ndarray | None = None) -> tuple[int, np.nd
     `shift` (C,) float64, default zeros.
     """
     A, C, M = x3.shape
-    K = np.zeros(C) if shift is None else np.asarray(shift, dtype=np.float64)
+    shift = np.zeros(C) if shift is None else np.asarray(shift, dtype=np.float64)
     if A * M == 0 or C == 0:
         return A * M, np.zeros(C), np.zeros(C)
-    if M < MIN_ROW:
-        from .columns import col_moments  # short rows: column kernels
-        return A * M, *col_moments(x3, K)
+    if M < MIN_ROW:  # short rows: column kernels
+        return A * M, *col_moments(x3, shift)
     rows = rows_view(x3)
     s1 = np.zeros(C)
     s2 = np.zeros(C)
     for m0, m1 in piece_bounds(M):
-        p1, p2 = _piece_moments(rows[:, m0:m1], A, C, K)
+        p1, p2 = _piece_moments(rows[:, m0:m1], A, C, shift)
         s1 += p1
         s2 += p2
     return A * M, s1, s2
@@ -212,20 +160,3 @@ def poorly_shifted(n: int | float, s1: np.ndarray, s2: np.ndarray) -> bool:
     d = s1 / n
     var = s2 / n - d * d
     return bool(np.any(d * d > RESHIFT_RATIO * np.maximum(var, 0.0)) and np.any(d != 0))
-
-
-def choose_shift(running_mean: np.ndarray | None, last_mean: np.ndarray | None,
-                 channels: int) -> np.ndarray:
-    """The shift K for `moments`, identical on every rank of a group: the running mean (saved in
-    checkpoints, so a resumed run rounds exactly like an uninterrupted one), else the last training
-    step's group mean, else 0. Non-finite entries (a running mean gone NaN) become 0, so they cannot
-    turn a finite batch's output into NaN. float64 (C,)."""
-    if running_mean is not None:
-        k = np.asarray(running_mean, dtype=np.float64)
-    elif last_mean is not None and last_mean.shape == (channels,):
-        k = last_mean
-    else:
-        return np.zeros(channels)
-    if not np.isfinite(k).all():
-        k = np.where(np.isfinite(k), k, 0.0)
-    return k

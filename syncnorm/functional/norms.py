@@ -4,18 +4,19 @@ Statistics: each of these layers normalizes the rows of a contiguous (R, M) view
     InstanceNorm  (N, C, *S)            rows (n, c),  M = prod(S)
     GroupNorm     (N, C, *S), G groups  rows (n, g),  M = C/G * prod(S)
     LayerNorm     (*B, *normalized)     rows b,       M = prod(normalized)
-and `row_stats` gets the rows' mean and biased variance from `moments.moments` on the (1, R, M) view
+and `row_stats` gets the rows' mean and biased variance from the statistics step
+(`stats.group_stats`, local) on the (1, R, M) view
 (shifted by each row's first value, so the float64 combination cancels at most a factor M).
 
 Elementwise passes run in the working dtype (float32 for float16 input) over cache-sized blocks,
-with batch_norm's large-mean split (x - mean = (x - hi) - lo, hi the mean rounded to the working
+with the large-mean split of `elementwise` (x - mean = (x - hi) - lo, hi the mean rounded to the working
 dtype; or the fold x * a - mean * a when |mean| <= FOLD_LIMIT * std). Two layouts:
 
 * per-channel parameters (InstanceNorm, GroupNorm): weight and bias are constant over the
   positions, so with the per-(n, g) statistics repeated for the channels of each group the forward
   is `batch_norm.normalize` on the (1, N*C, S) view. Backward: the per-(n, c) sums of dy and
   dy * (x - mean) from `batch_norm.backward_reduce` (two BLAS products per block), then
-  dx = k*dy + (x - mean)*a + c with `batch_norm._affine` (k per channel, a and c per group).
+  dx = k*dy + (x - mean)*a + c with `elementwise.affine` (k per channel, a and c per group).
 * per-element parameters (LayerNorm): weight and bias vary along the row; `element_forward` and
   `element_backward` run over blocks of whole rows, or of pieces of a few long rows, with BLAS
   products for the row and column sums.
@@ -28,15 +29,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .batch_norm import (_affine, _foldable, _split, _unbuffered, backward_reduce, eval_backward,
-                         normalize)
-from .moments import mean_var, moments, poorly_shifted, work_dtype
+from .batch_norm import backward_reduce, eval_backward, normalize
+from .blocks import ELEM_BLOCK, work_dtype
+from .elementwise import affine, foldable, split_mean, unbuffered
+from .stats import group_stats
 
 __all__ = ["row_stats", "channel_forward", "channel_backward", "element_forward",
            "element_backward", "elem_blocks"]
 
-#: elements per block of the LayerNorm passes (512 KiB of float32: best measured on 2 cores)
-ELEM_BLOCK = 1 << 17
 #: rows per block when a row is longer than a block (few inner loops per numpy call)
 LONG_ROW_BLOCK_ROWS = 8
 #: column sums are kept in the working dtype over at most this many blocks, then added in float64
@@ -50,12 +50,8 @@ def row_stats(rows3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     deviations of the mean, so the float64 shifted sums cancel at most a factor M (the re-sum
     about the mean for a poorly shifted row can only trigger for rows of more than 1e8 values).
     """
-    shift = rows3[0, :, 0].astype(np.float64)
-    n, s1, s2 = moments(rows3, shift)
-    if poorly_shifted(n, s1, s2):
-        shift = shift + s1 / n
-        n, s1, s2 = moments(rows3, shift)
-    return mean_var(n, s1, s2, shift)
+    _, mean, var = group_stats(rows3, rows3[0, :, 0].astype(np.float64))
+    return mean, var
 
 
 # --------------------------------------------------------------------- per-channel parameters
@@ -111,10 +107,10 @@ def channel_backward(dy3: np.ndarray, x3: np.ndarray, groups: int, mean: np.ndar
     f = invstd * sg / M
     # dx = k*dy - e*(x - mean) - f = k*dy - e*(x - hi) + (e*lo - f)
     dx = np.empty(x3.shape, x3.dtype)
-    hi, lo = _split(mean_r, work_dtype(x3.dtype))
+    hi, lo = split_mean(mean_r, work_dtype(x3.dtype))
     hi = hi.astype(np.float64)
     e, f = np.repeat(e, cg), np.repeat(f, cg)
-    _affine(dx.reshape(1, N * C, S), rows[None], hi, -e, e * lo - f, _foldable(hi, inv_r),
+    affine(dx.reshape(1, N * C, S), rows[None], hi, -e, e * lo - f, foldable(hi, inv_r),
             dyrows[None], k)
     return dx, dweight, dbias
 
@@ -156,8 +152,8 @@ def element_forward(x2: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
     if y.size == 0:
         return y
     wd = work_dtype(x2.dtype)
-    hi, lo = _split(mean, wd)
-    fold = _foldable(hi.astype(np.float64), invstd)
+    hi, lo = split_mean(mean, wd)
+    fold = foldable(hi.astype(np.float64), invstd)
     a = _col(invstd, wd)
     c = _col((-mean if fold else -lo) * invstd, wd)
     hic = hi[:, None]
@@ -165,7 +161,7 @@ def element_forward(x2: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
     b = None if bias is None else np.asarray(bias).astype(wd)
     direct = y.dtype == wd
     buf = None if direct else np.empty(min(R * D, ELEM_BLOCK), wd)
-    with _unbuffered(_inner(R, D) if direct else None):
+    with unbuffered(_inner(R, D) if direct else None):
         for r0, r1, d0, d1 in elem_blocks(R, D):
             xs = x2[r0:r1, d0:d1]
             o = y[r0:r1, d0:d1] if direct else buf[:xs.size].reshape(xs.shape)
@@ -201,8 +197,8 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
     if R * D == 0:
         return dx, np.zeros(D), np.zeros(D)
     wd = work_dtype(x2.dtype)
-    hi, lo = _split(mean, wd)
-    fold = _foldable(hi.astype(np.float64), invstd)
+    hi, lo = split_mean(mean, wd)
+    fold = foldable(hi.astype(np.float64), invstd)
     centre = np.zeros(R) if fold else hi.astype(np.float64)  # m
     hic = hi[:, None]
     w = None if weight is None else np.asarray(weight).astype(wd)
@@ -259,7 +255,7 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
     c64 = -g / D - (mean if fold else lo) * a64
     a, c, k = _col(a64, wd), _col(c64, wd), _col(invstd, wd)
     direct = dx.dtype == wd
-    with _unbuffered(_inner(R, D) if direct and dy2.dtype == wd else None):
+    with unbuffered(_inner(R, D) if direct and dy2.dtype == wd else None):
         for r0, r1, d0, d1 in elem_blocks(R, D):
             xs, ds = x2[r0:r1, d0:d1], dy2[r0:r1, d0:d1]
             o = dx[r0:r1, d0:d1] if direct else buf1[:xs.size].reshape(xs.shape)

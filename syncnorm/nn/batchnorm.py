@@ -1,9 +1,8 @@
 """BatchNorm1d/2d/3d with torch.nn's constructor, state_dict keys and train/eval rules.
 
-The statistics step is one code path for local and synchronized BatchNorm: `_BatchNorm` computes the
-local shifted sums (`functional.moments`) and hands them to `_reduce_stats`, which is the identity
-here and one Allreduce within the process group in `SyncBatchNorm`. Likewise `_reduce_grads` in
-backward.
+One forward for local and synchronized BatchNorm: `_BatchNorm._step(x, exchange)` builds a
+`functional.stats.StepPlan` and runs the statistics step with the exchange as a value (None here;
+the group's `StatsExchange` in `SyncBatchNorm`), then the `functional.batch_norm` kernels.
 """
 from __future__ import annotations
 
@@ -12,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from ..functional import batch_norm as K
-from ..functional.moments import choose_shift, mean_var, moments, poorly_shifted
+from ..distributed.exchange import StatsExchange
+from ..functional.batch_norm import (backward_elemt, backward_reduce, eval_backward, flatten_spatial,
+                                     normalize)
+from ..functional.stats import Mode, StepPlan, choose_shift, plan_stats, running_update, unbiased
 from ._util import (accumulate_affine, affine_parameters, check_device, check_eps,
                     check_float_input, check_grad_shape, no_forward, param_dtype, reset_affine)
 from .module import Module
@@ -85,18 +86,12 @@ class _NormBase(Module):
 class _BatchNorm(_NormBase):
     """Training normalizes with batch statistics (biased variance) and updates the running
     statistics with the unbiased variance; eval uses the running statistics, or batch statistics
-    when `track_running_stats=False`."""
+    when `track_running_stats=False`. `_step(x, exchange)` is the one forward of BatchNorm and
+    SyncBatchNorm: the exchange (None here) is handed to the statistics step as a value."""
 
-    # ------------------------------------------------------------------ hooks for SyncBatchNorm
-    def _reduce_stats(self, n: int, s1: np.ndarray, s2: np.ndarray,
-                      shift: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        return n, s1, s2
-
-    def _reduce_grads(self, g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return g, h
-
-    def _syncs(self) -> bool:
-        return False
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """x: (N, C, *) float16/32/64 -> y of the same shape and dtype."""
+        return self._step(x, None)
 
     # ------------------------------------------------------------------ forward
     def _check_channels(self, x: np.ndarray) -> None:
@@ -108,111 +103,91 @@ class _BatchNorm(_NormBase):
                              f"channels (shape (N, {self.num_features}, ...)), got input of shape "
                              f"{tuple(x.shape)}")
 
-    def _shift(self) -> np.ndarray:
-        """A per-channel value near the mean, identical on every rank (see `choose_shift`)."""
-        return choose_shift(self.running_mean, self._stat_shift, self.num_features)
-
-    def _batch_sums(self, x3: np.ndarray, shift: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        n, s1, s2 = moments(x3, shift)
-        local_ok = bool(np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))) if self.check_finite else True
-        if self.training:
-            n, s1, s2 = self._reduce_stats(n, s1, s2, shift)
-        self._check_finite(n, s1, s2, local_ok)
-        return n, s1, s2
-
-    def _bad_input(self, phase: str) -> None:
-        """Hook: this rank's input was bad (SyncBatchNorm tells its peers before raising)."""
-
     def _validated(self, x: Any) -> np.ndarray:
         x = check_float_input(x, type(self).__name__)
         self._check_input_dim(x)
         self._check_channels(x)
         return x
 
-    def _check_finite(self, n: float, s1: np.ndarray, s2: np.ndarray, local_ok: bool) -> None:
-        if self.check_finite and not (np.all(np.isfinite(s1)) and np.all(np.isfinite(s2))):
-            where = "this rank's input" if not local_ok else "another rank's input"
-            raise FloatingPointError(
-                f"{type(self).__name__}: the batch statistics are not finite: {where} holds NaN or "
-                "Inf (check_finite=True; without it NaN propagates like torch)")
+    def _plan(self, exchange: StatsExchange | None) -> StepPlan:
+        """What this forward does: training (batch statistics, over `exchange`'s group when given),
+        eval with batch statistics (no running statistics), or eval with the running statistics."""
+        who = type(self).__name__
+        if self.training:
+            return StepPlan(Mode.TRAIN, self.eps, exchange=exchange, shift=self._shift(),
+                            record=self._record, check_finite=self.check_finite, who=who)
+        if self.running_mean is None:
+            return StepPlan(Mode.BATCH, self.eps, shift=self._shift(), one_value_error=False,
+                            check_finite=self.check_finite, who=who)
+        return StepPlan(Mode.RUNNING, self.eps, running=(self.running_mean.astype(np.float64),
+                                                        self.running_var.astype(np.float64)))
 
-    def forward(self, x: np.ndarray) -> np.ndarray:
-        """x: (N, C, *) float16/32/64 -> y of the same shape and dtype."""
+    def _shift(self) -> np.ndarray:
+        """A per-channel value near the mean, identical on every rank (see `choose_shift`)."""
+        return choose_shift(self.running_mean, self._stat_shift, self.num_features)
+
+    def _record(self, n: float, mean: np.ndarray, var: np.ndarray) -> None:
+        """After a training step with n > 0 values (in the group): update the running statistics."""
+        if self.running_mean is None:
+            self._stat_shift = mean
+        if not self.track_running_stats:
+            return
+        self.num_batches_tracked += 1
+        rm, rv = running_update(self.running_mean, self.running_var, mean, unbiased(var, n),
+                                self.momentum, int(self.num_batches_tracked))
+        self.running_mean[...] = rm
+        self.running_var[...] = rv
+
+    def _step(self, x: Any, exchange: StatsExchange | None) -> np.ndarray:
+        """The forward: statistics as `_plan` says (one collective when `exchange` is given and the
+        layer trains), then y = (x - mean) * invstd * weight + bias."""
+        plan = self._plan(exchange)
         try:
             x = self._validated(x)
         except (TypeError, ValueError):
-            self._bad_input("forward")
+            if plan.exchange is not None:  # tell the peers before raising, so none waits
+                plan.exchange.fail("forward")
             raise
-        x3 = K.as_acm(x)
-        use_batch = self.training or self.running_mean is None
-        if use_batch:
-            shift = self._shift()
-            n, s1, s2 = self._batch_sums(x3, shift)
-            if poorly_shifted(n, s1, s2):  # rare: the first step on data far from 0
-                shift = shift + s1 / n
-                n, s1, s2 = self._batch_sums(x3, shift)
-            if self.training and n == 1:
-                raise ValueError("Expected more than 1 value per channel when training, got input "
-                                 f"size {tuple(x.shape)}"
-                                 + (" (1 value in the whole process group)" if self._syncs() else ""))
-            if n == 0:
-                self._cache = (x.shape, x3, None, None, True, 0, self.training)
-                return np.empty(x.shape, x.dtype)
-            mean, var = mean_var(n, s1, s2, shift)
-            if self.training and self.running_mean is None:
-                self._stat_shift = mean
-            if self.training and self.track_running_stats:
-                self._update_running(mean, var, n)
-            invstd = 1.0 / np.sqrt(var + self.eps)
-        else:
-            mean = self.running_mean.astype(np.float64)
-            invstd = 1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps)
-            n = x3.shape[0] * x3.shape[2]
+        x3 = flatten_spatial(x)
+        n, mean, invstd = plan_stats(x3, plan, str(x.dtype), tuple(x.shape))
+        self._cache = (x.shape, str(x.dtype), x3, plan, mean, invstd, n)
+        if mean is None:  # the whole group has 0 samples
+            return np.empty(x.shape, x.dtype)
         w = None if self.weight is None else self.weight.data.astype(np.float64)
         b = None if self.bias is None else self.bias.data.astype(np.float64)
-        y = K.normalize(x3, mean, invstd, w, b).reshape(x.shape)
-        self._cache = (x.shape, x3, mean, invstd, use_batch, n, use_batch and self.training)
-        return y
-
-    def _update_running(self, mean: np.ndarray, var: np.ndarray, n: float) -> None:
-        self.num_batches_tracked += 1
-        if self.momentum is None:
-            f = 1.0 / float(self.num_batches_tracked)
-        else:
-            f = self.momentum
-        unbiased = var * (n / (n - 1))
-        rm, rv = self.running_mean, self.running_var
-        rm[...] = (1 - f) * rm.astype(np.float64) + f * mean
-        rv[...] = (1 - f) * rv.astype(np.float64) + f * unbiased
+        return normalize(x3, mean, invstd, w, b).reshape(x.shape)
 
     # ------------------------------------------------------------------ backward
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
-        """grad_output (N, C, *) -> grad_input; adds the local weight/bias gradients into `.grad`."""
+        """grad_output (N, C, *) -> grad_input; adds the local weight/bias gradients into `.grad`.
+        Training: ONE collective over the forward's group for sum(dy), sum(dy * (x - mean))."""
         if self._cache is None:
             raise no_forward(type(self).__name__)
-        shape, x3, mean, invstd, use_batch, n, synced = self._cache
+        shape, dtype, x3, plan, mean, invstd, n = self._cache
         self._cache = None
+        exchange = plan.exchange if plan.mode is Mode.TRAIN else None
         try:
             dy = check_grad_shape(grad_output, shape, type(self).__name__, of="input")
         except (TypeError, ValueError):
-            if synced:
-                self._bad_input("backward")
+            if exchange is not None:
+                exchange.fail("backward")
             raise
-        dy3 = K.as_acm(dy)
+        dy3 = flatten_spatial(dy)
         C = shape[1]
         if mean is None:  # the whole group had 0 samples: take part in the collective, return empty
-            if synced:
-                self._reduce_grads(np.zeros(C), np.zeros(C))
+            if exchange is not None:
+                exchange.backward(np.zeros(C), np.zeros(C), (dtype,))
             accumulate_affine(self, np.zeros(C), np.zeros(C))
             return np.empty(shape, dy.dtype)
-        g, h = K.backward_reduce(dy3, x3, mean, invstd)
+        g, h = backward_reduce(dy3, x3, mean, invstd)
         accumulate_affine(self, h * invstd, g)
         w = None if self.weight is None else self.weight.data.astype(np.float64)
-        if use_batch:
-            G, H = self._reduce_grads(g, h) if synced else (g, h)
-            dx = K.backward_elemt(dy3, x3, mean, invstd, w, G, H, n)
+        if plan.mode is Mode.RUNNING:
+            dx = eval_backward(dy3, invstd, w)
         else:
-            dx = K.eval_backward(dy3, invstd, w)
+            if exchange is not None:
+                g, h = exchange.backward(g, h, (dtype,))
+            dx = backward_elemt(dy3, x3, mean, invstd, w, g, h, n)
         return dx.reshape(shape).astype(dy.dtype, copy=False)
 
 

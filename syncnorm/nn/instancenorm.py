@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..functional.norms import channel_backward, channel_forward, row_stats
+from ..functional.stats import running_update, unbiased
 from ._util import accumulate_affine, check_float_input, check_grad_shape, no_forward
 from .batchnorm import _NormBase
 
@@ -103,10 +104,11 @@ class _InstanceNorm(_NormBase):
     def _update_running(self, mean: np.ndarray, var: np.ndarray, S: int) -> None:
         """mean, var: biased per-instance statistics (N, C); S positions per instance."""
         self.num_batches_tracked += 1
-        f = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        rm, rv = self.running_mean, self.running_var
-        rm[...] = (1 - f) * rm.astype(np.float64) + f * mean.mean(axis=0)
-        rv[...] = (1 - f) * rv.astype(np.float64) + f * (var * (S / (S - 1))).mean(axis=0)
+        rm, rv = running_update(self.running_mean, self.running_var, mean.mean(axis=0),
+                                unbiased(var, S).mean(axis=0), self.momentum,
+                                int(self.num_batches_tracked))
+        self.running_mean[...] = rm
+        self.running_var[...] = rv
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output (shape of the forward input) -> grad_input; adds into weight/bias .grad."""

@@ -1,8 +1,8 @@
 """SyncBatchNorm: BatchNorm whose training statistics span every rank of a process group.
 
-The statistics step is `_BatchNorm`'s; this class only routes the local sums through a
+SyncBatchNorm is BatchNorm plus a group: its forward hands the group's
 `distributed.exchange.StatsExchange` (one Allreduce forward, one backward, with a fingerprint that
-makes out-of-step ranks fail together).
+makes out-of-step ranks fail together) to `_BatchNorm._step` as a value.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ..distributed.exchange import RanksOutOfStepError, StatsExchange, exchange_for, next_layer_index
-from ..distributed.group import ProcessGroup, as_group
+from ..distributed.group import check_process_group
 from .batchnorm import _BatchNorm
 
 __all__ = ["SyncBatchNorm", "RanksOutOfStepError"]
@@ -34,8 +34,7 @@ class SyncBatchNorm(_BatchNorm):
     communicate. Weight and bias gradients stay local, as in torch.
     """
 
-    _SYNC_ATTRS = ("process_group", "timeout", "_original_class", "_layer_index", "_exchange",
-                   "_x_dtype")
+    _SYNC_ATTRS = ("process_group", "timeout", "_original_class", "_layer_index", "_exchange")
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group: Any = None,
@@ -46,14 +45,12 @@ class SyncBatchNorm(_BatchNorm):
         self._sync_init(process_group, None, timeout)
 
     def _sync_init(self, process_group: Any, original: type | None, timeout: float | None) -> None:
-        if process_group is not None and not isinstance(process_group, ProcessGroup):
-            as_group(process_group)  # type check now, not at the first forward
+        check_process_group(process_group)  # now, not at the first forward
         self.process_group = process_group
         self.timeout = timeout
         self._original_class = original
         self._layer_index = next_layer_index()
         self._exchange: StatsExchange | None = None
-        self._x_dtype: Any = None
 
     # ------------------------------------------------------------------ checks
     def _check_input_dim(self, x: np.ndarray) -> None:
@@ -67,25 +64,14 @@ class SyncBatchNorm(_BatchNorm):
                                       self.num_features, "SyncBatchNorm", self.timeout)
         return self._exchange
 
-    def _syncs(self) -> bool:
-        return self._get_exchange().group.size > 1
-
-    def _bad_input(self, phase: str) -> None:
-        if phase == "backward" or (self.training and self._syncs()):
-            self._get_exchange().fail(phase)
-
-    # ------------------------------------------------------------------ the two collectives
-    def _reduce_stats(self, n: int, s1: np.ndarray, s2: np.ndarray,
-                      shift: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-        return self._get_exchange().forward(n, s1, s2, (str(self._x_dtype), shift.tobytes()))
-
-    def _reduce_grads(self, g: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self._get_exchange().backward(g, h, (str(self._x_dtype),))
+    @property
+    def collective_calls(self) -> int:
+        """Allreduces this layer has made (forward + backward; none in a group of size 1)."""
+        return 0 if self._exchange is None else self._exchange.collective_calls
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """x: (N, C, *) -> y; in training, one Allreduce within the group."""
-        self._x_dtype = getattr(x, "dtype", None)
-        return super().forward(x)
+        return self._step(x, self._get_exchange() if self.training else None)
 
     # ------------------------------------------------------------------ convert / revert
     @staticmethod

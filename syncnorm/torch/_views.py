@@ -9,8 +9,8 @@ array without a copy:
 
 Any other strides get one `.contiguous()` copy (as torch's own SyncBatchNorm does). float16 and
 bfloat16 tensors are computed through a float32 copy made by torch: bfloat16 has no numpy dtype, and
-numpy's float16 arithmetic is software-emulated (about 3x slower per step than torch's vectorized
-conversion plus float32 kernels, which compute in float32 for float16 input anyway).
+numpy's float16 arithmetic is software-emulated (slower than torch's vectorized conversion plus
+float32 kernels, which compute in float32 for float16 input anyway; see docs/performance.md).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["FLOAT_DTYPES", "check_tensor", "dense", "layout_of", "acm", "empty", "from_acm",
+__all__ = ["FLOAT_DTYPES", "check_tensor", "dense", "layout_of", "kernel_view", "empty", "from_kernel_view",
            "work_tensor"]
 
 #: tensor dtypes the layer accepts (bfloat16 through a float32 copy)
@@ -73,7 +73,7 @@ def _acm_shape(shape: torch.Size | tuple, layout: str) -> tuple[int, int, int]:
     return (n, c, m) if layout == "nc" else (n * m, c, 1)
 
 
-def acm(t: torch.Tensor, layout: str) -> np.ndarray:
+def kernel_view(t: torch.Tensor, layout: str) -> np.ndarray:
     """The (A, C, M) numpy view of a tensor in `layout` (shares memory; float32/64, and float16)."""
     a = t.detach()
     if layout == "nlc":
@@ -89,7 +89,7 @@ def empty(shape: torch.Size | tuple, dtype: torch.dtype, layout: str) -> torch.T
     return torch.empty((shape[0], *shape[2:], shape[1]), dtype=dtype).movedim(-1, 1)
 
 
-def from_acm(arr: np.ndarray, shape: torch.Size | tuple, layout: str) -> torch.Tensor:
+def from_kernel_view(arr: np.ndarray, shape: torch.Size | tuple, layout: str) -> torch.Tensor:
     """A C-contiguous (A, C, M) array as an (N, C, *) tensor in `layout`, sharing its memory."""
     shape = tuple(int(s) for s in shape)
     t = torch.from_numpy(np.ascontiguousarray(arr))

@@ -30,7 +30,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm, _LazyNormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 
-from .sync_batchnorm import LazySyncBatchNorm, SyncBatchNorm, check_process_group
+from ..distributed.group import check_process_group
+from .sync_batchnorm import LazySyncBatchNorm, SyncBatchNorm
 
 try:
     from torch.nn.modules.module import _WrappedHook

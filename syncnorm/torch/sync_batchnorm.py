@@ -17,10 +17,10 @@ import torch
 from torch.nn.modules.batchnorm import _BatchNorm, _LazyNormBase
 
 from ..distributed.exchange import RanksOutOfStepError, StatsExchange, exchange_for, next_layer_index
-from ..distributed.group import ProcessGroup
-from ..functional.moments import choose_shift
-from . import _views as V
-from .function import StepPlan, SyncBatchNormFunction
+from ..distributed.group import ProcessGroup, check_process_group
+from ..functional.stats import Mode, StepPlan, choose_shift, running_update, unbiased
+from . import _views as views
+from .function import SyncBatchNormFunction
 
 __all__ = ["SyncBatchNorm", "LazySyncBatchNorm", "RanksOutOfStepError"]
 
@@ -30,24 +30,6 @@ _HAS_BIAS_KW = "bias" in inspect.signature(_BatchNorm.__init__).parameters
 def _f64(t: torch.Tensor) -> np.ndarray:
     """A float64 numpy copy of a small tensor (never a view of a parameter or buffer)."""
     return t.detach().to(torch.float64, copy=True).numpy()
-
-
-def _is_communicator(obj: Any) -> bool:
-    return all(hasattr(obj, a) for a in ("Get_size", "Get_rank", "Allreduce", "Get_group"))
-
-
-def check_process_group(process_group: Any) -> None:
-    """Raise a TypeError unless `process_group` is None, a syncnorm ProcessGroup or an mpi4py
-    communicator (checked without starting MPI)."""
-    if process_group is None or isinstance(process_group, ProcessGroup) or _is_communicator(process_group):
-        return
-    hint = ""
-    if type(process_group).__module__.startswith("torch"):
-        hint = (" (a torch.distributed group cannot carry syncnorm's MPI collectives: make the same "
-                "ranks into a group with syncnorm.distributed.new_group(ranks) or "
-                "new_subgroups_by_enumeration)")
-    raise TypeError("process_group must be a syncnorm ProcessGroup, an mpi4py communicator or None; "
-                    f"got {type(process_group).__name__}{hint}")
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -154,28 +136,28 @@ class SyncBatchNorm(_BatchNorm):
         if nbt is None:
             raise AssertionError("num_batches_tracked must not be None")
         nbt.add_(1)
-        f = 1.0 / float(nbt) if self.momentum is None else float(self.momentum)
-        rm, rv = self.running_mean, self.running_var
-        new_m = (1 - f) * _f64(rm) + f * mean
-        new_v = (1 - f) * _f64(rv) + f * (var * (n / (n - 1)))
-        rm.copy_(torch.from_numpy(new_m))
-        rv.copy_(torch.from_numpy(new_v))
+        momentum = None if self.momentum is None else float(self.momentum)
+        new_m, new_v = running_update(_f64(self.running_mean), _f64(self.running_var), mean,
+                                      unbiased(var, n), momentum, int(nbt))
+        self.running_mean.copy_(torch.from_numpy(new_m))
+        self.running_var.copy_(torch.from_numpy(new_v))
 
     def _plan(self) -> StepPlan:
+        who = type(self).__name__
         if self.training:
-            return StepPlan("sync", self.eps, exchange=self._get_exchange(), shift=self._shift(),
-                            record=self._record)
+            return StepPlan(Mode.TRAIN, self.eps, exchange=self._get_exchange(), shift=self._shift(),
+                            record=self._record, who=who)
         if self.running_mean is None and self.running_var is None:
-            return StepPlan("local", self.eps, shift=self._shift())
+            return StepPlan(Mode.BATCH, self.eps, shift=self._shift(), who=who)
         if self.running_mean is None or self.running_var is None:
             raise ValueError(f"{type(self).__name__}: running_mean and running_var must both be "
                              "tensors or both be None in eval mode")
-        return StepPlan("running", self.eps, running=(_f64(self.running_mean), _f64(self.running_var)))
+        return StepPlan(Mode.RUNNING, self.eps, running=(_f64(self.running_mean), _f64(self.running_var)))
 
     # ------------------------------------------------------------------ forward
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         """input (N, C, *) -> output of the same shape, dtype and memory layout."""
-        V.check_tensor(input, type(self).__name__)
+        views.check_tensor(input, type(self).__name__)
         self._check_input_dim(input)
         self._check_channels(input)
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, self._plan())
