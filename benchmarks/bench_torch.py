@@ -27,11 +27,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from syncnorm import distributed as dist  # noqa: E402
-from syncnorm.distributed import comm as C  # noqa: E402
+from syncnorm.distributed import comm  # noqa: E402
 from syncnorm.distributed.exchange import StatsExchange  # noqa: E402
-from syncnorm.functional import batch_norm as K  # noqa: E402
+from syncnorm.functional import stats as stats_step  # noqa: E402
 from syncnorm.torch import SyncBatchNorm  # noqa: E402
-from syncnorm.torch import function as F  # noqa: E402
+from syncnorm.torch import function as torch_function  # noqa: E402
 
 torch.set_num_threads(1)
 PARTS: dict[str, float] = defaultdict(float)
@@ -49,16 +49,16 @@ def timed(name: str, fn):
 
 def install_profile() -> None:
     """Time syncnorm's kernels and collectives as the Function calls them."""
-    F.moments = timed("moments (local sums)", F.moments)
+    stats_step.moments = timed("moments (local sums)", stats_step.moments)
     for name in ("normalize", "backward_reduce", "backward_elemt"):
-        setattr(K, name, timed(name, getattr(K, name)))
+        setattr(torch_function, name, timed(name, getattr(torch_function, name)))
     StatsExchange.forward = timed("Allreduce forward", StatsExchange.forward)
     StatsExchange.backward = timed("Allreduce backward", StatsExchange.backward)
 
 
 def line_up(group) -> None:
     if group.size > 1:
-        C.allreduce_sum(np.zeros(1), group.comm)
+        comm.allreduce_sum(np.zeros(1), group.comm)
 
 
 def step(layer, x, dy) -> None:

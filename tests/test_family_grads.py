@@ -9,7 +9,7 @@ from family_reference import (check_gradients, group_norm_ref, instance_norm_ref
                               lrn_ref, row_backward_ref)
 from syncnorm import nn
 from syncnorm.functional import norms
-from syncnorm.functional.moments import BLOCK_ELEMS
+from syncnorm.functional.blocks import BLOCK_ELEMS
 
 F64 = np.float64
 

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ..functional import conv as K
+from ..functional import conv as conv_kernels
 from . import init
 from ._util import (accumulate_affine, check_device, check_float_input, check_grad_shape, check_ndim,
                     check_param_dtype, no_forward, param_dtype, weight_and_bias)
@@ -43,9 +43,9 @@ class Conv2d(Module):
                              "(only 'zeros')")
         self.in_channels = int(in_channels)
         self.out_channels = int(out_channels)
-        self.kernel_size = K.pair(kernel_size, "kernel_size", 1)
-        self.stride = K.pair(stride, "stride", 1)
-        self.dilation = K.pair(dilation, "dilation", 1)
+        self.kernel_size = conv_kernels.pair(kernel_size, "kernel_size", 1)
+        self.stride = conv_kernels.pair(stride, "stride", 1)
+        self.dilation = conv_kernels.pair(dilation, "dilation", 1)
         self.groups = int(groups)
         self.padding_mode = padding_mode
         if isinstance(padding, str):
@@ -66,7 +66,7 @@ class Conv2d(Module):
                 self._pad = (0, 0)
             self.padding: Any = padding
         else:
-            self.padding = K.pair(padding, "padding", 0)
+            self.padding = conv_kernels.pair(padding, "padding", 0)
             self._pad = self.padding
         dt = param_dtype(dtype)
         weight_and_bias(self, (self.out_channels, self.in_channels // self.groups) + self.kernel_size,
@@ -94,7 +94,7 @@ class Conv2d(Module):
                              f"shape {tuple(x.shape)}")
         check_param_dtype(x, self.weight.dtype, "Conv2d")
         b = None if self.bias is None else self.bias.data
-        y, cols = K.conv2d_forward(x4, self.weight.data, b, self.stride, self._pad, self.dilation,
+        y, cols = conv_kernels.conv2d_forward(x4, self.weight.data, b, self.stride, self._pad, self.dilation,
                                    self.groups)
         self._cache = (x.shape, x4.shape, cols, y.shape, unbatched)
         return y[0] if unbatched else y
@@ -107,7 +107,7 @@ class Conv2d(Module):
         dy = check_grad_shape(grad_output, yshape[1:] if unbatched else yshape, "Conv2d")
         self._cache = None
         dy4 = (dy[None] if unbatched else dy).astype(self.weight.dtype, copy=False)
-        dx, dw, db = K.conv2d_backward(dy4, cols, x4shape, self.weight.data, self.stride, self._pad,
+        dx, dw, db = conv_kernels.conv2d_backward(dy4, cols, x4shape, self.weight.data, self.stride, self._pad,
                                        self.dilation, self.groups)
         accumulate_affine(self, dw, db)
         return dx.reshape(xshape)

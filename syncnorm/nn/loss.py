@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ..functional import loss as K
+from ..functional import loss as loss_kernels
 from ._util import check_float_input, no_forward
 from .module import Module
 
@@ -29,8 +29,8 @@ class CrossEntropyLoss(Module):
         if size_average is not None or reduce is not None:
             raise ValueError("size_average and reduce are deprecated in torch and not supported; use "
                              "reduction='mean' | 'sum' | 'none'")
-        if reduction not in K.REDUCTIONS:
-            raise ValueError(f"{reduction} is not a valid value for reduction (one of {K.REDUCTIONS})")
+        if reduction not in loss_kernels.REDUCTIONS:
+            raise ValueError(f"{reduction} is not a valid value for reduction (one of {loss_kernels.REDUCTIONS})")
         if not 0.0 <= float(label_smoothing) <= 1.0:
             raise ValueError(f"label_smoothing must be between 0.0 and 1.0. Got: {label_smoothing}")
         if weight is not None:
@@ -70,7 +70,7 @@ class CrossEntropyLoss(Module):
         if self.weight is not None and self.weight.shape != (c,):
             raise ValueError(f"CrossEntropyLoss: weight has shape {self.weight.shape}, expected ({c},) "
                              "for the logits' number of classes")
-        loss, logp, a = K.cross_entropy_forward(z, t, self.weight, self.ignore_index,
+        loss, logp, a = loss_kernels.cross_entropy_forward(z, t, self.weight, self.ignore_index,
                                                 self.label_smoothing, self.reduction)
         self._cache = (z.shape, z.dtype, logp, a, loss.shape)
         return loss.astype(z.dtype)
@@ -87,7 +87,7 @@ class CrossEntropyLoss(Module):
         if self.reduction == "none" and go.shape == ():
             go = np.broadcast_to(go, lshape)
         self._cache = None
-        return K.cross_entropy_backward(logp, a, shape, go, self.reduction).astype(dtype)
+        return loss_kernels.cross_entropy_backward(logp, a, shape, go, self.reduction).astype(dtype)
 
     def extra_repr(self) -> str:
         return f"reduction={self.reduction}" if self.reduction != "mean" else ""

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from ..functional import pooling as K
+from ..functional import pooling as pooling_kernels
 from ..functional.conv import pair
 from ._util import check_float_input, check_grad_shape, check_ndim, no_forward
 from .module import Module
@@ -63,7 +63,7 @@ class MaxPool2d(_Pool):
         in, unbatched out), in x's dtype.
         """
         x4, unbatched = _as4(x, "MaxPool2d")
-        y, arg = K.max_pool2d_forward(x4, self._k, self._s, self._p, self._d, self.ceil_mode)
+        y, arg = pooling_kernels.max_pool2d_forward(x4, self._k, self._s, self._p, self._d, self.ceil_mode)
         out = self._out(y, unbatched)
         self._cache = (out.shape, unbatched, arg, x4.shape)
         return out
@@ -71,7 +71,7 @@ class MaxPool2d(_Pool):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output shaped like the forward's output -> gradient shaped like its input."""
         (yshape, unbatched, arg, xshape), dy = self._take(grad_output, "MaxPool2d")
-        dx = K.max_pool2d_backward(dy, arg, xshape, self._k, self._s, self._p, self._d)
+        dx = pooling_kernels.max_pool2d_backward(dy, arg, xshape, self._k, self._s, self._p, self._d)
         return dx[0] if unbatched else dx
 
     def extra_repr(self) -> str:
@@ -105,7 +105,7 @@ class AvgPool2d(_Pool):
         in, unbatched out), in x's dtype.
         """
         x4, unbatched = _as4(x, "AvgPool2d")
-        y = K.avg_pool2d_forward(x4, self._k, self._s, self._p, self.ceil_mode,
+        y = pooling_kernels.avg_pool2d_forward(x4, self._k, self._s, self._p, self.ceil_mode,
                                  self.count_include_pad, self.divisor_override)
         out = self._out(y, unbatched)
         self._cache = (out.shape, unbatched, x4.shape)
@@ -114,7 +114,7 @@ class AvgPool2d(_Pool):
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output shaped like the forward's output -> gradient shaped like its input."""
         (yshape, unbatched, xshape), dy = self._take(grad_output, "AvgPool2d")
-        dx = K.avg_pool2d_backward(dy, xshape, self._k, self._s, self._p, self.count_include_pad,
+        dx = pooling_kernels.avg_pool2d_backward(dy, xshape, self._k, self._s, self._p, self.count_include_pad,
                                    self.divisor_override)
         return dx[0] if unbatched else dx
 
@@ -146,14 +146,14 @@ class AdaptiveAvgPool2d(_Pool):
             raise ValueError(f"AdaptiveAvgPool2d: expected non-empty spatial dimensions, got input of "
                              f"shape {tuple(x.shape)}")
         out = tuple(int(o) if o is not None else s for o, s in zip(self._o, x4.shape[2:]))
-        y = self._out(K.adaptive_avg_pool2d_forward(x4, out), unbatched)
+        y = self._out(pooling_kernels.adaptive_avg_pool2d_forward(x4, out), unbatched)
         self._cache = (y.shape, unbatched, x4.shape)
         return y
 
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
         """grad_output shaped like the forward's output -> gradient shaped like its input."""
         (yshape, unbatched, xshape), dy = self._take(grad_output, "AdaptiveAvgPool2d")
-        dx = K.adaptive_avg_pool2d_backward(dy, xshape)
+        dx = pooling_kernels.adaptive_avg_pool2d_backward(dy, xshape)
         return dx[0] if unbatched else dx
 
     def extra_repr(self) -> str:
