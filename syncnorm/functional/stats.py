@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -47,7 +47,7 @@ class Mode(enum.Enum):
     RUNNING = "running"  #: eval with running statistics: constants, no reduction
 
 
-@dataclass
+@dataclass(slots=True)
 class StepPlan:
     """What one BatchNorm forward does.
 
@@ -80,13 +80,13 @@ def _finite(s1: np.ndarray, s2: np.ndarray) -> bool:
 
 
 def group_stats(x3: np.ndarray, shift: np.ndarray, exchange: Exchange | None = None, *,
-                dtype: str = "", one_value_error: bool = False, shape: tuple = (),
+                dtype: Any = None, one_value_error: bool = False, shape: tuple = (),
                 check_finite: bool = False, who: str = "BatchNorm"
                 ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """(count, mean, biased var) per channel of x3 (A, C, M), over the group when `exchange` is given.
 
-    shift: (C,) float64, equal on every rank (see `choose_shift`). dtype: the input's dtype name
-    (ranks must agree on it). Returns (0, None, None) when the group has no values; mean and var
+    shift: (C,) float64, equal on every rank (see `choose_shift`). dtype: the input's dtype (ranks
+    must agree on it; its name joins the exchange's fingerprint). Returns (0, None, None) when the group has no values; mean and var
     are float64 (C,). Raises ValueError for 1 value per channel when `one_value_error` (every rank
     of the group alike), FloatingPointError for non-finite statistics when `check_finite`.
     """
@@ -94,7 +94,7 @@ def group_stats(x3: np.ndarray, shift: np.ndarray, exchange: Exchange | None = N
         n, s1, s2 = moments(x3, k)
         local_ok = _finite(s1, s2) if check_finite else True
         if exchange is not None:
-            n, s1, s2 = exchange.forward(n, s1, s2, (dtype, k.tobytes()))
+            n, s1, s2 = exchange.forward(n, s1, s2, (str(dtype), k.tobytes()))
         if check_finite and not _finite(s1, s2):
             where = "this rank's input" if not local_ok else "another rank's input"
             raise FloatingPointError(
@@ -116,7 +116,7 @@ def group_stats(x3: np.ndarray, shift: np.ndarray, exchange: Exchange | None = N
     return n, mean, var
 
 
-def plan_stats(x3: np.ndarray, plan: StepPlan, dtype: str, shape: tuple
+def plan_stats(x3: np.ndarray, plan: StepPlan, dtype: Any, shape: tuple
                ) -> tuple[float, np.ndarray | None, np.ndarray | None]:
     """(count, mean, invstd) that `plan` normalizes x3 (A, C, M) with; mean None when the (group's)
     batch is empty. A TRAIN step hands (count, mean, var) to `plan.record`."""

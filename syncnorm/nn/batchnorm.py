@@ -128,15 +128,15 @@ class _BatchNorm(_NormBase):
 
     def _record(self, n: float, mean: np.ndarray, var: np.ndarray) -> None:
         """After a training step with n > 0 values (in the group): update the running statistics."""
-        if self.running_mean is None:
+        running_mean, running_var = self.running_mean, self.running_var
+        if running_mean is None:
             self._stat_shift = mean
         if not self.track_running_stats:
             return
         self.num_batches_tracked += 1
-        rm, rv = running_update(self.running_mean, self.running_var, mean, unbiased(var, n),
-                                self.momentum, int(self.num_batches_tracked))
-        self.running_mean[...] = rm
-        self.running_var[...] = rv
+        running_mean[...], running_var[...] = running_update(
+            running_mean, running_var, mean, unbiased(var, n), self.momentum,
+            int(self.num_batches_tracked))
 
     def _step(self, x: Any, exchange: StatsExchange | None) -> np.ndarray:
         """The forward: statistics as `_plan` says (one collective when `exchange` is given and the
@@ -149,8 +149,8 @@ class _BatchNorm(_NormBase):
                 plan.exchange.fail("forward")
             raise
         x3 = flatten_spatial(x)
-        n, mean, invstd = plan_stats(x3, plan, str(x.dtype), tuple(x.shape))
-        self._cache = (x.shape, str(x.dtype), x3, plan, mean, invstd, n)
+        n, mean, invstd = plan_stats(x3, plan, x.dtype, x.shape)
+        self._cache = (x.shape, x.dtype, x3, plan, mean, invstd, n)
         if mean is None:  # the whole group has 0 samples
             return np.empty(x.shape, x.dtype)
         w = None if self.weight is None else self.weight.data.astype(np.float64)
@@ -176,7 +176,7 @@ class _BatchNorm(_NormBase):
         C = shape[1]
         if mean is None:  # the whole group had 0 samples: take part in the collective, return empty
             if exchange is not None:
-                exchange.backward(np.zeros(C), np.zeros(C), (dtype,))
+                exchange.backward(np.zeros(C), np.zeros(C), (str(dtype),))
             accumulate_affine(self, np.zeros(C), np.zeros(C))
             return np.empty(shape, dy.dtype)
         g, h = backward_reduce(dy3, x3, mean, invstd)
@@ -186,7 +186,7 @@ class _BatchNorm(_NormBase):
             dx = eval_backward(dy3, invstd, w)
         else:
             if exchange is not None:
-                g, h = exchange.backward(g, h, (dtype,))
+                g, h = exchange.backward(g, h, (str(dtype),))
             dx = backward_elemt(dy3, x3, mean, invstd, w, g, h, n)
         return dx.reshape(shape).astype(dy.dtype, copy=False)
 

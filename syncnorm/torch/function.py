@@ -40,7 +40,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
         x, layout = views.dense(x)
         xw, _ = views.dense(views.work_tensor(x), layout)
         x3 = views.kernel_view(xw, layout)
-        n, mean, invstd = plan_stats(x3, plan, str(x.dtype), tuple(x.shape))
+        n, mean, invstd = plan_stats(x3, plan, x.dtype, tuple(x.shape))
         ctx.mode, ctx.layout, ctx.exchange, ctx.n = plan.mode, layout, plan.exchange, n
         ctx.param_dtypes = (None if weight is None else weight.dtype,
                             None if bias is None else bias.dtype)
