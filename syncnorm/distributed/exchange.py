@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from . import comm
+from .comm import allreduce_sum, default_timeout, mpi
 from .group import ProcessGroup, as_group, get_world_group
 
 __all__ = ["StatsExchange", "exchange_for", "RanksOutOfStepError", "PeerInputError", "next_layer_index",
@@ -101,10 +101,10 @@ class StatsExchange:
 
     # ------------------------------------------------------------------ the collective
     def _reduce(self, buf: np.ndarray, what: str) -> None:
-        timeout = self.timeout if self.timeout is not None else comm.default_timeout()
+        timeout = self.timeout if self.timeout is not None else default_timeout()
         try:
-            comm.allreduce_sum(buf, self.group.comm, timeout, f"{what} of {self.describe()}")
-        except comm.mpi().Exception as e:  # MPI reported an error (truncation: buffers of other sizes)
+            allreduce_sum(buf, self.group.comm, timeout, f"{what} of {self.describe()}")
+        except mpi().Exception as e:  # MPI reported an error (truncation: buffers of other sizes)
             raise RanksOutOfStepError(
                 f"{self.describe()}: MPI failed in the {what} ({e}); the ranks passed buffers of "
                 "different sizes, so they are not calling the same layer. Every rank of a group "

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import comm
+from .comm import allgather, create_group, mpi, split, split_shared
 from .env import check_launcher_family, check_world, wants_mpi
 
 __all__ = ["ProcessGroup", "get_world_group", "get_rank", "get_world_size", "new_group",
@@ -47,7 +47,7 @@ def get_world_group() -> ProcessGroup:
     if _WORLD is None:
         if wants_mpi():
             check_launcher_family()
-            w = comm.mpi().COMM_WORLD
+            w = mpi().COMM_WORLD
             check_world(w.Get_size())
             _WORLD = ProcessGroup(w, range(w.Get_size()), w.Get_rank(), "world")
         else:
@@ -129,7 +129,7 @@ def new_group(ranks: Sequence[int] | None = None) -> ProcessGroup:
     me = w.ranks[w.rank]
     if me not in ranks or w.comm is None:
         return ProcessGroup(None, ranks, me, f"group {ranks}")
-    return ProcessGroup(comm.create_group(w.comm, ranks), ranks, me, f"group {ranks}")
+    return ProcessGroup(create_group(w.comm, ranks), ranks, me, f"group {ranks}")
 
 
 def new_subgroups_by_enumeration(ranks_per_subgroup_list: Sequence[Sequence[int]]
@@ -152,7 +152,7 @@ def new_subgroups_by_enumeration(ranks_per_subgroup_list: Sequence[Sequence[int]
         groups = [ProcessGroup(None, rl, me, f"subgroup {i} of {n}") for i, rl in enumerate(lists)]
         return (groups[seen[me]] if me in seen else None), groups
     color = seen.get(me)
-    sub = comm.split(w.comm, color, lists[color].index(me) if color is not None else 0)
+    sub = split(w.comm, color, lists[color].index(me) if color is not None else 0)
     groups = [ProcessGroup(sub if i == color else None, rl, me, f"subgroup {i} of {n}")
               for i, rl in enumerate(lists)]
     return (groups[color] if color is not None else None), groups
@@ -179,9 +179,9 @@ def split_by_node() -> tuple[ProcessGroup, list[ProcessGroup]]:
     w = get_world_group()
     if w.comm is None:
         return w, [w]
-    node = comm.split_shared(w.comm)
+    node = split_shared(w.comm)
     me = w.ranks[w.rank]
-    leaders = comm.allgather(np.array([min(comm.allgather(np.array([me]), node)[:, 0])]), w.comm)[:, 0]
+    leaders = allgather(np.array([min(allgather(np.array([me]), node)[:, 0])]), w.comm)[:, 0]
     order = sorted(set(int(x) for x in leaders))
     groups = []
     for i, lead in enumerate(order):
