@@ -3,8 +3,8 @@
 Conversion moves a BatchNorm module's whole state into a SyncBatchNorm: the same Parameter objects,
 the same buffer arrays, the training flag and every extra attribute (nothing is copied by a list of
 names, so nothing is dropped), and records the original class. Revert puts everything back into an
-instance of the recorded class. torch has no revert (pytorch issue 41081) and its converter loses
-subclass behaviour silently; here an unknown subclass gets a warning naming what will not run.
+instance of the recorded class. An unknown subclass gets a warning naming what will not run. (How
+this differs from torch's converter: docs/comparison.md.)
 """
 from __future__ import annotations
 
