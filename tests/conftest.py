@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# Tests by kind: unit/ (one process), multirank/ (several ranks on this host), torch_adapter/,
+# cluster/ (netns hosts, Slurm, Docker), docs/; helpers and the scripts jobs run in support/.
+# No folder is named "mpi" (pytest-mpi skips every test whose keywords, folder names included,
+# hold "mpi") or "torch" (on sys.path it would shadow the real torch as a namespace package).
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 
 def pytest_addoption(parser):
