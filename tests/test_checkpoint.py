@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from syncnorm import checkpoint as ck
-from syncnorm.models import digits_cnn
 from syncnorm.nn import CrossEntropyLoss
 from syncnorm.optim import SGD
+from syncnorm.training.models import digits_cnn
 
 
 def trained(seed=0, steps=2):

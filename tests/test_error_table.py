@@ -32,7 +32,7 @@ import pytest
 from error_doc import PLACEHOLDER, ROOT, Row, doc_regex, matches, parse_rows
 from mpi_harness import run_mpi, run_pytest_mpi
 from syncnorm import checkpoint as ck
-from syncnorm import launch, nn
+from syncnorm import distributed, launch, nn
 from syncnorm.distributed import comm, env, failsafe, group
 from syncnorm.optim import SGD
 from syncnorm.parallel import DistributedDataParallel, DistributedSampler
@@ -416,13 +416,13 @@ def _load_digits(path: Path):
 
 @trigger("trainer-group-size")
 def _():
-    from syncnorm.trainer import sync_group
+    from syncnorm.training.trainer import sync_group
     sync_group(3, group.get_world_group())
 
 
 @trigger("trainer-schedule")
 def _():
-    from syncnorm.trainer import lr_at
+    from syncnorm.training.trainer import lr_at
     lr_at(1, 10, 0.1, "linear")
 
 
@@ -431,7 +431,7 @@ TINY = ["--max-train", "48", "--batch-size", "16", "--width", "2", "--progress",
 
 @trigger("equivalence-samples")
 def _():
-    from syncnorm.train import main
+    from syncnorm.training.train import main
     with contextlib.redirect_stdout(io.StringIO()):
         main(TINY + ["--epochs", "0", "--check-equivalence", "5"])
 
@@ -449,6 +449,12 @@ trigger("ddp-module")(lambda: DistributedDataParallel(object()))
 trigger("ddp-bucket")(lambda: DistributedDataParallel(nn.Linear(2, 2), bucket_cap_mb=0))
 trigger("ddp-reduce-dtype")(lambda: DistributedDataParallel(nn.Linear(2, 2), reduce_dtype=np.int32))
 
+trigger("coll-not-member")(lambda: distributed.all_reduce(np.zeros(1), group.ProcessGroup(None, [3], 0, "others")))
+trigger("coll-op")(lambda: distributed.all_reduce(np.zeros(1), op="mean"))
+trigger("coll-dtype")(lambda: distributed.all_reduce(np.zeros(1, bool)))
+trigger("coll-inplace")(lambda: distributed.broadcast([1.0], inplace=True))
+trigger("coll-root")(lambda: distributed.broadcast(np.zeros(1), root=2))
+trigger("coll-timeout")(lambda: distributed.all_gather(np.zeros(1), timeout=-1))
 
 @trigger("timeout-env")
 def _():
@@ -651,7 +657,7 @@ def _launch_signal(d: Path) -> Exit:
 
 
 def _train(*args: str) -> Exit:
-    from syncnorm.train import main
+    from syncnorm.training.train import main
     return cli(lambda: main(list(args)))
 
 
@@ -674,7 +680,7 @@ def _resume_other_run(d: Path) -> Exit:
 
 def _resume_foreign(d: Path) -> Exit:
     """A valid checkpoint of the right model that another program wrote (no training metadata)."""
-    from syncnorm.trainer import ModelConfig, build_model, make_optimizer
+    from syncnorm.training.trainer import ModelConfig, build_model, make_optimizer
     cfg = ModelConfig(width=2)
     model = build_model(cfg, None, convert=False)
     (d / "foreign").mkdir(exist_ok=True)
@@ -685,7 +691,7 @@ def _resume_foreign(d: Path) -> Exit:
 
 @trigger("cli-check-mismatch")
 def _():
-    from syncnorm.check import main
+    from syncnorm.training.check import main
     return cli(lambda: main(["--tol", "-1", "--steps", "1", "--batch", "4", "--channels", "2"]))
 
 

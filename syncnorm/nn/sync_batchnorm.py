@@ -93,3 +93,12 @@ class SyncBatchNorm(_BatchNorm):
         """See `syncnorm.nn.convert_sync_batchnorm`."""
         from .convert import convert_sync_batchnorm
         return convert_sync_batchnorm(module, process_group)
+
+    @property
+    def collective_calls(self) -> int:
+        """Allreduces this layer has made in a group of more than one rank (forward + backward);
+        0 in a group of one rank, which never communicates. Read-only."""
+        ex = self._exchange
+        if ex is None or ex.group.size <= 1:
+            return 0
+        return ex.forward_calls + ex.backward_calls

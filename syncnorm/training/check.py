@@ -1,4 +1,4 @@
-"""`python -m syncnorm.check`: SyncBatchNorm across the ranks of this job against single-process
+"""`python -m syncnorm.check` (this module is `syncnorm.training.check`): SyncBatchNorm across the ranks of this job against single-process
 BatchNorm on the whole batch.
 
 Every rank draws the same global batch (same seed) and keeps an uneven shard of it (one rank may
@@ -14,9 +14,8 @@ import sys
 
 import numpy as np
 
-from . import nn
-from .distributed import comm as C
-from .distributed import get_world_group
+from .. import nn
+from ..distributed import all_reduce, get_world_group
 
 
 def shard_sizes(total: int, parts: int, rng: np.random.Generator) -> list[int]:
@@ -61,14 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         worst[0] = max(worst[0], float(np.abs(y - y_ref[mine]).max(initial=0)))
         worst[1] = max(worst[1], float(np.abs(dx - dx_ref[mine]).max(initial=0)))
         grads = np.concatenate([p_.grad.astype(np.float64) for p_ in sync.parameters()])
-        if P > 1:
-            C.allreduce_sum(grads, world.comm)
+        grads = all_reduce(grads, world, label="check: parameter gradients")
         grads_ref = np.concatenate([p_.grad for p_ in ref.parameters()])
         worst[2] = max(worst[2], float(np.abs(grads - grads_ref).max() / (1 + np.abs(grads_ref).max())))
     for (_, a), (_, b) in zip(ref.named_buffers(), sync.named_buffers()):
         worst[3] = max(worst[3], float(np.abs(a.astype(np.float64) - b).max()))
-    if P > 1:
-        C.allreduce_sum(worst, world.comm, op="max")
+    worst = all_reduce(worst, world, op="max", label="check: largest differences")
     ok = bool(np.all(worst <= args.tol))
     if r == 0:
         print(f"SyncBatchNorm on {P} rank(s), shards {sizes} of a batch of {args.batch}, "

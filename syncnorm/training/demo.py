@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from . import launch
+from .. import launch
 
 #: what the demo passes to syncnorm.train unless the user overrides it
 DEFAULT_TRAIN_ARGS = ["--epochs", "15", "--batch-size", "32", "--check-equivalence", "5"]

@@ -20,19 +20,21 @@ import argparse
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import nn
-from .checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint
-from .data import load_digits
-from .distributed import comm as C
-from .distributed.env import launcher_info
-from .distributed.group import ProcessGroup, get_world_group
-from .nn.sync_batchnorm import SyncBatchNorm
-from .parallel import DistributedSampler
+from .. import nn
+from ..checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint
+from ..data import Digits, load_digits
+from ..distributed import all_gather
+from ..distributed.env import launcher_info
+from ..distributed.group import ProcessGroup, get_world_group
+from ..nn.sync_batchnorm import SyncBatchNorm
+from ..optim import SGD
+from ..parallel import DistributedDataParallel, DistributedSampler
 from .progress import Progress, format_table
 from .trainer import (ModelConfig, allreduce, build_model, describe_bn, evaluate, lr_at,
                       make_optimizer, rank_batch, sync_group, train_step, wrap)
@@ -82,6 +84,266 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+
+@dataclass
+class Run:
+    """What the steps of a run share: its arguments, its ranks and groups, and its data."""
+
+    args: argparse.Namespace
+    world: ProcessGroup
+    bn_group: ProcessGroup | None  # None: local BatchNorm
+    bn: str  # how the BatchNorm layers synchronize, for the messages
+    data: Digits
+    x_train: np.ndarray  # (n_train, 1, 8, 8)
+    y_train: np.ndarray  # (n_train,)
+
+    @property
+    def ckpt(self) -> Path | None:
+        """DIR/checkpoint.npz, or None without --checkpoint-dir."""
+        d = self.args.checkpoint_dir
+        return d / CHECKPOINT_NAME if d is not None else None
+
+    def say(self, *parts: Any) -> None:
+        """Print on rank 0 only."""
+        if self.world.rank == 0:
+            print(*parts, flush=True)
+
+
+@dataclass
+class Model:
+    """The model being trained and what updates it."""
+
+    model: nn.Module
+    opt: SGD
+    crit: nn.CrossEntropyLoss
+    sampler: DistributedSampler
+    steps_per_epoch: int
+    total_steps: int
+    net: DistributedDataParallel | None = None  # the DDP wrapper, once the state is final
+
+
+@dataclass
+class Position:
+    """Where the run is: what a checkpoint must carry besides the model and the optimizer."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    epoch_loss: np.ndarray = field(default_factory=lambda: np.zeros(2))  # this rank's loss sum, count
+
+
+@dataclass
+class Tally:
+    """What the epoch loop measured, for the final report."""
+
+    t_train: float = 0.0
+    samples_done: int = 0
+    steps_run: int = 0
+    last_epoch_loss: float = float("nan")
+    collectives: tuple[int, int] = (0, 0)  # DDP, SyncBatchNorm collectives issued by the loop
+    stopped: bool = False
+
+    @property
+    def rate(self) -> float:
+        """Training samples per second, all ranks together."""
+        return self.samples_done / max(self.t_train, 1e-9)
+
+
+class ResumeRefused(Exception):
+    """The checkpoint cannot be resumed; the message says why (printed by every rank, exit 2)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    run = set_up(args)
+    status = check_equivalence_first(run)
+    m = build_model_and_optimizer(run)
+    try:
+        pos = resume(run, m) if args.resume else Position()
+    except ResumeRefused as e:
+        print(f"rank {run.world.rank}: {e}", file=sys.stderr, flush=True)
+        return 2
+    m.net = wrap(m.model, run.world, run.bn_group, args.bucket_cap_mb)
+    tally = train_epochs(run, m, pos)
+    if tally.stopped:
+        run.say(f"stopped after step {pos.global_step} as asked (--stop-after-step); checkpoint in "
+                f"{run.ckpt}")
+        return status
+    return max(status, final_report(run, m, tally))
+
+
+def set_up(args: argparse.Namespace) -> Run:
+    """The world, the SyncBatchNorm group and the data; rank 0 prints what the run is."""
+    world = get_world_group()
+    data = load_digits(np.dtype(args.dtype))
+    x_train, y_train = data.train_x, data.train_y
+    if args.max_train is not None:
+        x_train, y_train = x_train[:args.max_train], y_train[:args.max_train]
+    bn_group = sync_group(args.sync_group_size, world)
+    run = Run(args, world, bn_group, describe_bn(bn_group, world), data, x_train, y_train)
+    P = world.size
+    run.say(f"syncnorm-train: digits CNN (width {args.width}), {P} rank(s), {run.bn}, batch "
+            f"{args.batch_size} per rank ({args.batch_size * P} global), {len(y_train)} train / "
+            f"{len(data.test_y)} test images")
+    return run
+
+
+def check_equivalence_first(run: Run) -> int:
+    """--check-equivalence K: K steps on the P ranks against one process with batch P*B. Returns 1
+    when SyncBatchNorm over all ranks did not follow the single process, else 0."""
+    args, world, bn_group = run.args, run.world, run.bn_group
+    if args.check_equivalence <= 0:
+        return 0
+    from .equivalence import check_equivalence
+    res = check_equivalence(_config(args), run.x_train, run.y_train, args.check_equivalence,
+                            args.batch_size, world, bn_group, args.bucket_cap_mb)
+    run.say(res.line(run.bn))
+    run.say(f"EQUIVALENCE ranks={world.size} bn={'sync' if bn_group is not None else 'local'} "
+            f"group={bn_group.size if bn_group is not None else 0} loss_diff={res.loss_diff:.3e} "
+            f"param_diff={res.param_diff:.3e} buffer_diff={res.buffer_diff:.3e} match={int(res.match)}")
+    return int(not res.match and bn_group is not None and bn_group.size == world.size)
+
+
+def build_model_and_optimizer(run: Run) -> Model:
+    """The model (SyncBatchNorm over the run's group), SGD, the loss and this rank's sampler."""
+    args, world = run.args, run.world
+    cfg = _config(args)
+    model = build_model(cfg, run.bn_group)
+    sampler = DistributedSampler(len(run.y_train), world.size, world.rank, shuffle=True, seed=args.seed)
+    steps_per_epoch = math.ceil(len(sampler) / args.batch_size)
+    return Model(model, make_optimizer(model, cfg), nn.CrossEntropyLoss(), sampler, steps_per_epoch,
+                 steps_per_epoch * args.epochs)
+
+
+def resume(run: Run, m: Model) -> Position:
+    """Load the checkpoint into the model and optimizer; the position to go on from. A missing
+    checkpoint starts from the beginning; one that cannot be resumed raises ResumeRefused."""
+    ckpt = run.ckpt
+    assert ckpt is not None  # parse_args requires --checkpoint-dir with --resume
+    if not ckpt.exists():
+        run.say(f"no checkpoint at {ckpt} yet: starting from the beginning")
+        return Position()
+    try:
+        meta = load_training_checkpoint(ckpt, m.model, m.opt)
+    except CheckpointError as e:
+        raise ResumeRefused(f"cannot resume: {e}") from None
+    missing = [k for k in ("run", "epoch", "step_in_epoch", "global_step", "sampler", "epoch_loss")
+               if k not in meta]
+    if not missing and not isinstance(meta["run"], dict):
+        missing = ["run"]
+    if missing:  # a valid checkpoint, but not one syncnorm-train wrote
+        raise ResumeRefused(f"cannot resume from {ckpt}: it was not written by syncnorm-train (its "
+                            f"metadata lacks {', '.join(missing)})")
+    identity = _run_identity(run.args, run.world, len(run.y_train))
+    diff = {k: (meta["run"].get(k), v) for k, v in identity.items() if meta["run"].get(k) != v}
+    if diff:
+        raise ResumeRefused(f"cannot resume from {ckpt}: it was written by a different run (saved vs "
+                            f"now: {diff})")
+    m.sampler.load_state_dict(meta["sampler"])
+    pos = Position(meta["epoch"], meta["step_in_epoch"], meta["global_step"],
+                   np.array(meta["epoch_loss"][run.world.rank], dtype=np.float64))
+    run.say(f"resumed from {ckpt} at epoch {pos.epoch + 1}, step {pos.global_step}/{m.total_steps}")
+    return pos
+
+
+def save(run: Run, m: Model, pos: Position, tag: str) -> None:
+    """Write the checkpoint (collective: every rank's loss sums travel to rank 0, which writes)."""
+    if run.ckpt is None:
+        return
+    losses = all_gather(pos.epoch_loss.astype(np.float64), run.world, label="checkpoint loss Allgather")
+    if run.world.rank == 0:
+        meta = {"epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch, "global_step": pos.global_step,
+                "sampler": m.sampler.state_dict(), "epoch_loss": losses.tolist(),
+                "run": _run_identity(run.args, run.world, len(run.y_train)), "tag": tag}
+        save_training_checkpoint(run.ckpt, m.model, m.opt, meta)
+
+
+def _progress(run: Run, m: Model) -> Progress:
+    mode = run.args.progress
+    if mode == "auto":
+        mode = "tty" if sys.stdout.isatty() and launcher_info() is None else "lines"
+    return Progress(m.total_steps, run.args.epochs, enabled=(run.world.rank == 0 and mode != "none"),
+                    tty=(mode == "tty"))
+
+
+def train_epochs(run: Run, m: Model, pos: Position) -> Tally:
+    """The epoch loop from `pos` (advanced in place): steps, checkpoints, progress, and the stop
+    that --stop-after-step asks for."""
+    args, P = run.args, run.world.size
+    assert m.net is not None
+    progress = _progress(run, m)
+    tally = Tally()
+    coll0 = (m.net.collectives, _sync_collectives(m.model))
+    stop_at = args.stop_after_step
+    while pos.epoch < args.epochs and not tally.stopped:
+        m.sampler.set_epoch(pos.epoch)
+        idx = m.sampler.indices()
+        while pos.step_in_epoch < m.steps_per_epoch:
+            b = rank_batch(idx, pos.step_in_epoch, args.batch_size)
+            t0 = time.perf_counter()
+            loss = train_step(m.net, m.model, m.crit, m.opt, run.x_train[b], run.y_train[b], b,
+                              pos.global_step, args.seed,
+                              lr_at(pos.global_step, m.total_steps, args.lr, args.lr_schedule))
+            tally.t_train += time.perf_counter() - t0
+            tally.samples_done += b.size * P
+            tally.steps_run += 1
+            pos.epoch_loss += (loss * b.size, b.size)
+            pos.step_in_epoch += 1
+            pos.global_step += 1
+            if pos.step_in_epoch == m.steps_per_epoch:
+                break  # the epoch's end reports and saves below
+            progress.update(pos.global_step, pos.epoch, pos.epoch_loss[0] / pos.epoch_loss[1], tally.rate)
+            if args.checkpoint_every and pos.global_step % args.checkpoint_every == 0:
+                save(run, m, pos, "step")
+            if stop_at is not None and pos.global_step >= stop_at:
+                save(run, m, pos, "interrupted")
+                tally.stopped = True
+                break
+        if tally.stopped:
+            break
+        tot = allreduce(pos.epoch_loss, run.world)
+        tally.last_epoch_loss = tot[0] / tot[1]
+        progress.update(pos.global_step, pos.epoch, tally.last_epoch_loss, tally.rate, end_of_epoch=True)
+        pos.epoch += 1
+        pos.step_in_epoch = 0
+        pos.epoch_loss = np.zeros(2)
+        save(run, m, pos, "epoch")
+        tally.stopped = stop_at is not None and pos.global_step >= stop_at and pos.epoch < args.epochs
+    progress.close()
+    tally.collectives = (m.net.collectives - coll0[0], _sync_collectives(m.model) - coll0[1])
+    return tally
+
+
+def final_report(run: Run, m: Model, tally: Tally) -> int:
+    """Evaluate on the test set, print the table and the RESULT line (rank 0); 1 when the accuracy
+    is below --require-accuracy, else 0."""
+    args, world = run.args, run.world
+    assert m.net is not None
+    if m.net.broadcast_buffers:
+        m.net.sync_buffers()  # local BatchNorm: evaluate every rank with rank 0's running statistics
+    test_loss, test_acc, n_test = evaluate(m.model, run.data.test_x, run.data.test_y, world)
+    ddp, sbn = tally.collectives
+    n = tally.steps_run
+    per_step = f"{(ddp + sbn) / n:.0f}" if n else "-"
+    rows = [("ranks", str(world.size)), ("BatchNorm", run.bn),
+            ("batch per rank / global", f"{args.batch_size} / {args.batch_size * world.size}"),
+            ("epochs / steps", f"{args.epochs} / {m.total_steps}"),
+            ("test accuracy", f"{100 * test_acc:.2f} % ({int(round(test_acc * n_test))}/{n_test})"),
+            ("test loss", f"{test_loss:.4f}"),
+            ("train loss (last epoch)", f"{tally.last_epoch_loss:.4f}"),
+            ("samples/s (training)", f"{tally.rate:.0f}"),
+            ("training time", f"{tally.t_train:.1f} s"),
+            ("collectives per step", f"{per_step} ({sbn / max(n, 1):.0f} SyncBatchNorm + "
+                                     f"{ddp / max(n, 1):.0f} DDP)")]
+    run.say(format_table(rows, "syncnorm-train: digits CNN"))
+    run.say(f"RESULT test_accuracy={test_acc:.6f} test_loss={test_loss:.6f} "
+            f"samples_per_s={tally.rate:.1f} train_time={tally.t_train:.3f}")
+    if args.require_accuracy is not None and test_acc < args.require_accuracy:
+        run.say(f"test accuracy {test_acc:.4f} is below --require-accuracy {args.require_accuracy}")
+        return 1
+    return 0
+
+
 def _config(args: argparse.Namespace) -> ModelConfig:
     return ModelConfig(width=args.width, dropout=args.dropout, dtype=args.dtype, seed=args.seed,
                        lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
@@ -96,173 +358,8 @@ def _run_identity(args: argparse.Namespace, world: ProcessGroup, n_train: int) -
 
 
 def _sync_collectives(model: nn.Module) -> int:
-    n = 0
-    for m in model.modules():
-        if isinstance(m, SyncBatchNorm) and m._exchange is not None and m._exchange.group.size > 1:
-            n += m._exchange.forward_calls + m._exchange.backward_calls
-    return n
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    world = get_world_group()
-    P, rank = world.size, world.rank
-    say = print if rank == 0 else (lambda *a, **k: None)
-    data = load_digits(np.dtype(args.dtype))
-    x_train, y_train = data.train_x, data.train_y
-    if args.max_train is not None:
-        x_train, y_train = x_train[:args.max_train], y_train[:args.max_train]
-    cfg = _config(args)
-    bn_group = sync_group(args.sync_group_size, world)
-    bn = describe_bn(bn_group, world)
-    say(f"syncnorm-train: digits CNN (width {args.width}), {P} rank(s), {bn}, batch {args.batch_size}"
-        f" per rank ({args.batch_size * P} global), {len(y_train)} train / {len(data.test_y)} test images",
-        flush=True)
-
-    status = 0
-    if args.check_equivalence > 0:
-        from .equivalence import check_equivalence
-        res = check_equivalence(cfg, x_train, y_train, args.check_equivalence, args.batch_size, world,
-                                bn_group, args.bucket_cap_mb)
-        say(res.line(bn), flush=True)
-        say(f"EQUIVALENCE ranks={P} bn={'sync' if bn_group is not None else 'local'} "
-            f"group={bn_group.size if bn_group is not None else 0} loss_diff={res.loss_diff:.3e} "
-            f"param_diff={res.param_diff:.3e} buffer_diff={res.buffer_diff:.3e} match={int(res.match)}",
-            flush=True)
-        if not res.match and bn_group is not None and bn_group.size == P:
-            status = 1
-
-    model = build_model(cfg, bn_group)
-    opt = make_optimizer(model, cfg)
-    crit = nn.CrossEntropyLoss()
-    sampler = DistributedSampler(len(y_train), P, rank, shuffle=True, seed=args.seed)
-    steps_per_epoch = math.ceil(len(sampler) / args.batch_size)
-    total_steps = steps_per_epoch * args.epochs
-    identity = _run_identity(args, world, len(y_train))
-    epoch, step_in_epoch, global_step = 0, 0, 0
-    epoch_loss = np.zeros(2)  # this rank's loss sum and sample count in the current epoch
-    ckpt = args.checkpoint_dir / CHECKPOINT_NAME if args.checkpoint_dir is not None else None
-    if args.resume and ckpt is not None:
-        if ckpt.exists():
-            try:
-                meta = load_training_checkpoint(ckpt, model, opt)
-            except CheckpointError as e:
-                print(f"rank {rank}: cannot resume: {e}", file=sys.stderr, flush=True)
-                return 2
-            missing = [k for k in ("run", "epoch", "step_in_epoch", "global_step", "sampler", "epoch_loss")
-                       if k not in meta]
-            if not missing and not isinstance(meta["run"], dict):
-                missing = ["run"]
-            if missing:  # a valid checkpoint, but not one syncnorm-train wrote
-                print(f"rank {rank}: cannot resume from {ckpt}: it was not written by syncnorm-train "
-                      f"(its metadata lacks {', '.join(missing)})", file=sys.stderr, flush=True)
-                return 2
-            diff = {k: (meta["run"].get(k), v) for k, v in identity.items() if meta["run"].get(k) != v}
-            if diff:
-                print(f"rank {rank}: cannot resume from {ckpt}: it was written by a different run "
-                      f"(saved vs now: {diff})", file=sys.stderr, flush=True)
-                return 2
-            epoch, step_in_epoch, global_step = meta["epoch"], meta["step_in_epoch"], meta["global_step"]
-            sampler.load_state_dict(meta["sampler"])
-            epoch_loss = np.array(meta["epoch_loss"][rank], dtype=np.float64)
-            say(f"resumed from {ckpt} at epoch {epoch + 1}, step {global_step}/{total_steps}", flush=True)
-        else:
-            say(f"no checkpoint at {ckpt} yet: starting from the beginning", flush=True)
-    net = wrap(model, world, bn_group, args.bucket_cap_mb)
-
-    def save(tag: str) -> None:
-        if ckpt is None:
-            return
-        losses = allreduce_gather(epoch_loss, world)
-        if rank == 0:
-            meta = {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
-                    "sampler": sampler.state_dict(), "epoch_loss": losses, "run": identity, "tag": tag}
-            save_training_checkpoint(ckpt, model, opt, meta)
-
-    mode = args.progress
-    if mode == "auto":
-        mode = "tty" if sys.stdout.isatty() and launcher_info() is None else "lines"
-    progress = Progress(total_steps, args.epochs, enabled=(rank == 0 and mode != "none"),
-                        tty=(mode == "tty"))
-    t_train, samples_done = 0.0, 0
-    coll0 = (net.collectives, _sync_collectives(model))
-    steps_run = 0
-    last_epoch_loss = float("nan")
-    stopped = False
-    while epoch < args.epochs:
-        sampler.set_epoch(epoch)
-        idx = sampler.indices()
-        while step_in_epoch < steps_per_epoch:
-            b = rank_batch(idx, step_in_epoch, args.batch_size)
-            t0 = time.perf_counter()
-            loss = train_step(net, model, crit, opt, x_train[b], y_train[b], b, global_step, args.seed,
-                              lr_at(global_step, total_steps, args.lr, args.lr_schedule))
-            t_train += time.perf_counter() - t0
-            samples_done += b.size * P
-            steps_run += 1
-            epoch_loss += (loss * b.size, b.size)
-            step_in_epoch += 1
-            global_step += 1
-            end = step_in_epoch == steps_per_epoch
-            if not end:
-                progress.update(global_step, epoch, epoch_loss[0] / epoch_loss[1],
-                                samples_done / max(t_train, 1e-9))
-            if args.checkpoint_every and global_step % args.checkpoint_every == 0 and not end:
-                save("step")
-            if args.stop_after_step is not None and global_step >= args.stop_after_step and not end:
-                save("interrupted")
-                stopped = True
-                break
-        if stopped:
-            break
-        tot = allreduce(epoch_loss, world)
-        last_epoch_loss = tot[0] / tot[1]
-        progress.update(global_step, epoch, last_epoch_loss, samples_done / max(t_train, 1e-9),
-                        end_of_epoch=True)
-        epoch += 1
-        step_in_epoch = 0
-        epoch_loss = np.zeros(2)
-        save("epoch")
-        if args.stop_after_step is not None and global_step >= args.stop_after_step and epoch < args.epochs:
-            stopped = True
-            break
-    progress.close()
-    if stopped:
-        say(f"stopped after step {global_step} as asked (--stop-after-step); checkpoint in {ckpt}",
-            flush=True)
-        return status
-
-    if net.broadcast_buffers:
-        net.sync_buffers()  # local BatchNorm: evaluate every rank with rank 0's running statistics
-    test_loss, test_acc, n_test = evaluate(model, data.test_x, data.test_y, world)
-    coll = (net.collectives - coll0[0], _sync_collectives(model) - coll0[1])
-    per_step = f"{(coll[0] + coll[1]) / steps_run:.0f}" if steps_run else "-"
-    if rank == 0:
-        rows = [("ranks", str(P)), ("BatchNorm", bn),
-                ("batch per rank / global", f"{args.batch_size} / {args.batch_size * P}"),
-                ("epochs / steps", f"{args.epochs} / {total_steps}"),
-                ("test accuracy", f"{100 * test_acc:.2f} % ({int(round(test_acc * n_test))}/{n_test})"),
-                ("test loss", f"{test_loss:.4f}"),
-                ("train loss (last epoch)", f"{last_epoch_loss:.4f}"),
-                ("samples/s (training)", f"{samples_done / max(t_train, 1e-9):.0f}"),
-                ("training time", f"{t_train:.1f} s"),
-                ("collectives per step", f"{per_step} ({coll[1] / max(steps_run, 1):.0f} SyncBatchNorm + "
-                                         f"{coll[0] / max(steps_run, 1):.0f} DDP)")]
-        print(format_table(rows, "syncnorm-train: digits CNN"), flush=True)
-        print(f"RESULT test_accuracy={test_acc:.6f} test_loss={test_loss:.6f} "
-              f"samples_per_s={samples_done / max(t_train, 1e-9):.1f} train_time={t_train:.3f}", flush=True)
-    if args.require_accuracy is not None and test_acc < args.require_accuracy:
-        say(f"test accuracy {test_acc:.4f} is below --require-accuracy {args.require_accuracy}")
-        status = 1
-    return status
-
-
-def allreduce_gather(values: np.ndarray, world: ProcessGroup) -> list[list[float]]:
-    """Every rank's small vector, as a list per rank (for the checkpoint's per-rank loss sums)."""
-    v = np.ascontiguousarray(values, dtype=np.float64)
-    if world.size == 1:
-        return [v.tolist()]
-    return C.allgather(v, world.comm).tolist()
+    """Allreduces the model's SyncBatchNorm layers have made so far."""
+    return sum(m.collective_calls for m in model.modules() if isinstance(m, SyncBatchNorm))
 
 
 if __name__ == "__main__":
