@@ -9,10 +9,13 @@ the ranks of each --sync-group-size group (0: plain local BatchNorm, for compari
 progress and prints a final table; --check-equivalence K first checks on K steps that the P-rank
 run follows the same trajectory as one process with batch P*B.
 
-Checkpoints (--checkpoint-dir): rank 0 writes DIR/checkpoint.npz atomically at every epoch end,
-every --checkpoint-every steps and at the end; --resume makes every rank continue from it (model,
-momentum buffers, running statistics, epoch and step), bitwise as if never interrupted.
-Set OPENBLAS_NUM_THREADS=1 (the demo does) when ranks share cores.
+Checkpoints (--checkpoint-dir, checked before training starts): rank 0 writes DIR/checkpoint.npz
+atomically at every epoch end, every --checkpoint-every steps and at the end; --resume makes every
+rank continue from it (model, momentum buffers, running statistics, epoch and step), bitwise as if
+never interrupted when the numerical environment (kernels, numpy and its BLAS, BLAS threads per
+rank) is the one the checkpoint records. Exit status: 0 done, 1 accuracy below
+--require-accuracy or equivalence failed, 2 bad arguments or a checkpoint that cannot be resumed,
+3 a checkpoint that could not be written.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import argparse
 import math
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +39,9 @@ from ..distributed.group import ProcessGroup, get_world_group
 from ..nn.sync_batchnorm import SyncBatchNorm
 from ..optim import SGD
 from ..parallel import DistributedDataParallel, DistributedSampler
+from . import cli, numerics
+from .checkpoint_dir import CheckpointDirError, checkpoint_bytes, prepare
+from .cli import UsageError
 from .progress import Progress, format_table
 from .trainer import (ModelConfig, allreduce, build_model, describe_bn, evaluate, lr_at,
                       make_optimizer, rank_batch, sync_group, train_step, wrap)
@@ -45,43 +52,8 @@ CHECKPOINT_NAME = "checkpoint.npz"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="syncnorm-train", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--batch-size", type=int, default=32, help="samples per rank per step")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD)")
-    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--nesterov", action="store_true")
-    p.add_argument("--seed", type=int, default=0, help="initialisation, shuffling and dropout")
-    p.add_argument("--width", type=int, default=16, help="channels of the first convolution")
-    p.add_argument("--dropout", type=float, default=0.1)
-    p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    p.add_argument("--sync-group-size", type=int, default=None,
-                   help="ranks per SyncBatchNorm group (default: all ranks; 0: local BatchNorm)")
-    p.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP gradient bucket cap")
-    p.add_argument("--max-train", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--checkpoint-dir", type=Path, default=None)
-    p.add_argument("--checkpoint-every", type=int, default=0, help="also save every N steps (0: epochs only)")
-    p.add_argument("--resume", action="store_true", help="continue from CHECKPOINT_DIR/checkpoint.npz")
-    p.add_argument("--stop-after-step", type=int, default=None,
-                   help="save a checkpoint and stop after this many steps (simulates an interruption)")
-    p.add_argument("--check-equivalence", type=int, default=0, metavar="K",
-                   help="first compare K steps against one process with batch P*B (0: skip)")
-    p.add_argument("--require-accuracy", type=float, default=None,
-                   help="exit with status 1 when the test accuracy (0..1) ends below this")
-    p.add_argument("--progress", choices=("auto", "tty", "lines", "none"), default="auto",
-                   help="rank 0's progress display: a redrawn bar (tty), a line every ~10%% of the "
-                        "steps and per epoch (lines), or none; auto picks tty only for a terminal "
-                        "outside an MPI launcher (launchers may hand ranks a pseudo-terminal even "
-                        "when the job's output goes to a file)")
-    args = p.parse_args(argv)
-    if args.batch_size < 1 or args.epochs < 0:
-        p.error("--batch-size must be >= 1 and --epochs >= 0")
-    if args.resume and args.checkpoint_dir is None:
-        p.error("--resume needs --checkpoint-dir")
-    return args
+    """The options, every value checked (exit 2 with the accepted range on a bad one)."""
+    return cli.parse_args(argv, __doc__.split("\n\n")[0])
 
 
 
@@ -96,6 +68,7 @@ class Run:
     data: Digits
     x_train: np.ndarray  # (n_train, 1, 8, 8)
     y_train: np.ndarray  # (n_train,)
+    numerics: list[dict[str, Any]]  # every rank's numerical environment (see numerics.py)
 
     @property
     def ckpt(self) -> Path | None:
@@ -149,22 +122,30 @@ class Tally:
         return self.samples_done / max(self.t_train, 1e-9)
 
 
-class ResumeRefused(Exception):
-    """The checkpoint cannot be resumed; the message says why (printed by every rank, exit 2)."""
+class Stop(Exception):
+    """Ends the job with exit status `code`; what went wrong was printed already."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
+#: exit status of a checkpoint that could not be written
+SAVE_FAILED = 3
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run = set_up(args)
-    status = check_equivalence_first(run)
-    m = build_model_and_optimizer(run)
     try:
-        pos = resume(run, m) if args.resume else Position()
-    except ResumeRefused as e:
-        print(f"rank {run.world.rank}: {e}", file=sys.stderr, flush=True)
-        return 2
-    m.net = wrap(m.model, run.world, run.bn_group, args.bucket_cap_mb)
-    tally = train_epochs(run, m, pos)
+        run = set_up(args)
+        check_checkpoint_dir(run)
+        status = check_equivalence_first(run)
+        m = build_model_and_optimizer(run)
+        pos = resume(run, m) if args.resume or args.resume_if_exists else Position()
+        m.net = wrap(m.model, run.world, run.bn_group, args.bucket_cap_mb)
+        tally = train_epochs(run, m, pos)
+    except Stop as e:
+        return e.code
     if tally.stopped:
         run.say(f"stopped after step {pos.global_step} as asked (--stop-after-step); checkpoint in "
                 f"{run.ckpt}")
@@ -173,19 +154,60 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def set_up(args: argparse.Namespace) -> Run:
-    """The world, the SyncBatchNorm group and the data; rank 0 prints what the run is."""
+    """The world, the checks that need it, the SyncBatchNorm group, the numerical environment and
+    the data; rank 0 prints what the run is."""
     world = get_world_group()
     data = load_digits(np.dtype(args.dtype))
     x_train, y_train = data.train_x, data.train_y
     if args.max_train is not None:
         x_train, y_train = x_train[:args.max_train], y_train[:args.max_train]
+    try:  # the same on every rank: rank 0 reports it
+        cli.check_against_world(args, world.size, len(DistributedSampler(len(y_train), world.size, 0)))
+    except UsageError as e:
+        if world.rank == 0:
+            print(f"syncnorm-train: error: {e}", file=sys.stderr, flush=True)
+        raise Stop(2) from None
     bn_group = sync_group(args.sync_group_size, world)
-    run = Run(args, world, bn_group, describe_bn(bn_group, world), data, x_train, y_train)
+    run = Run(args, world, bn_group, describe_bn(bn_group, world), data, x_train, y_train,
+              numerics.environment(world))
     P = world.size
     run.say(f"syncnorm-train: digits CNN (width {args.width}), {P} rank(s), {run.bn}, batch "
             f"{args.batch_size} per rank ({args.batch_size * P} global), {len(y_train)} train / "
             f"{len(data.test_y)} test images")
     return run
+
+
+def report_once(world: ProcessGroup, message: str | None, line: str = "{}") -> bool:
+    """Collective: whether any rank has a `message` (a failure). Each distinct message is printed
+    to stderr once, formatted by `line`, by the lowest rank that has it."""
+    code = (zlib.crc32(message.encode()) | 1) if message is not None else 0
+    codes = all_gather(np.array([code], np.int64), world, label="failure report Allgather")[:, 0]
+    if message is not None and code not in codes[:world.rank]:
+        print(line.format(message, rank=world.rank), file=sys.stderr, flush=True)
+    return bool(np.any(codes))
+
+
+def check_checkpoint_dir(run: Run) -> None:
+    """--checkpoint-dir, before any training: rank 0 checks the directory (see checkpoint_dir.py)
+    and removes temporary files of an interrupted save; exit 2 on every rank when it cannot hold
+    checkpoints."""
+    if run.ckpt is None:
+        return
+    missing = _no_checkpoint(run.ckpt) if run.args.resume and not run.ckpt.exists() else None
+    if report_once(run.world, missing, "rank {rank}: {}"):  # before anything is created
+        raise Stop(2)
+    error, removed = None, []
+    if run.world.rank == 0:
+        need = checkpoint_bytes(build_model(_config(run.args), None, convert=False))
+        try:
+            removed = prepare(run.ckpt, need)
+        except CheckpointDirError as e:
+            error = str(e)
+    if report_once(run.world, error, "syncnorm-train: error: --checkpoint-dir: {}"):
+        raise Stop(2)
+    if removed:
+        run.say(f"removed {len(removed)} temporary file(s) left by an interrupted save: "
+                f"{', '.join(p.name for p in removed)}")
 
 
 def check_equivalence_first(run: Run) -> int:
@@ -216,46 +238,99 @@ def build_model_and_optimizer(run: Run) -> Model:
 
 
 def resume(run: Run, m: Model) -> Position:
-    """Load the checkpoint into the model and optimizer; the position to go on from. A missing
-    checkpoint starts from the beginning; one that cannot be resumed raises ResumeRefused."""
+    """Load the checkpoint into the model and optimizer; the position to go on from. Collective:
+    when any rank cannot resume, every rank exits with status 2 (each distinct reason printed once)."""
+    pos, refusal, warning = Position(), None, None
+    try:
+        pos, warning = _load(run, m)
+    except CheckpointError as e:
+        refusal = str(e)
+    if report_once(run.world, refusal, "rank {rank}: {}"):
+        raise Stop(2)
+    report_once(run.world, warning, "rank {rank}: {}")
+    return pos
+
+
+def _load(run: Run, m: Model) -> tuple[Position, str | None]:
+    """This rank's part of `resume`: the position, and a warning to print (--allow-env-change)."""
     ckpt = run.ckpt
-    assert ckpt is not None  # parse_args requires --checkpoint-dir with --resume
+    assert ckpt is not None  # parse_args requires --checkpoint-dir with --resume(-if-exists)
     if not ckpt.exists():
-        run.say(f"no checkpoint at {ckpt} yet: starting from the beginning")
-        return Position()
+        if run.args.resume:  # it was there when the job started
+            raise CheckpointError(_no_checkpoint(ckpt))
+        run.say(f"no checkpoint at {ckpt} yet: starting from the beginning (--resume-if-exists)")
+        return Position(), None
     try:
         meta = load_training_checkpoint(ckpt, m.model, m.opt)
     except CheckpointError as e:
-        raise ResumeRefused(f"cannot resume: {e}") from None
+        raise CheckpointError(f"cannot resume: {e}") from None
     missing = [k for k in ("run", "epoch", "step_in_epoch", "global_step", "sampler", "epoch_loss")
                if k not in meta]
     if not missing and not isinstance(meta["run"], dict):
         missing = ["run"]
     if missing:  # a valid checkpoint, but not one syncnorm-train wrote
-        raise ResumeRefused(f"cannot resume from {ckpt}: it was not written by syncnorm-train (its "
-                            f"metadata lacks {', '.join(missing)})")
+        raise CheckpointError(f"cannot resume from {ckpt}: it was not written by syncnorm-train (its "
+                              f"metadata lacks {', '.join(missing)})")
     identity = _run_identity(run.args, run.world, len(run.y_train))
     diff = {k: (meta["run"].get(k), v) for k, v in identity.items() if meta["run"].get(k) != v}
     if diff:
-        raise ResumeRefused(f"cannot resume from {ckpt}: it was written by a different run (saved vs "
-                            f"now: {diff})")
+        raise CheckpointError(f"cannot resume from {ckpt}: it was written by a different run (saved vs "
+                              f"now: {diff})")
+    warning = _check_numerics(run, meta.get("numerics"))
     m.sampler.load_state_dict(meta["sampler"])
     pos = Position(meta["epoch"], meta["step_in_epoch"], meta["global_step"],
                    np.array(meta["epoch_loss"][run.world.rank], dtype=np.float64))
     run.say(f"resumed from {ckpt} at epoch {pos.epoch + 1}, step {pos.global_step}/{m.total_steps}")
-    return pos
+    return pos, warning
+
+
+def _no_checkpoint(ckpt: Path) -> str:
+    return (f"cannot resume: no checkpoint at {ckpt} (--resume-if-exists starts from the beginning "
+            "when there is none)")
+
+
+def _check_numerics(run: Run, saved: Any) -> str | None:
+    """Refuse a checkpoint written in another numerical environment, unless --allow-env-change;
+    then return the warning that the results will differ."""
+    ckpt, rank = run.ckpt, run.world.rank
+    diff = numerics.differences(saved.get("ranks") if isinstance(saved, dict) else None,
+                                run.numerics, rank)
+    if not diff:
+        return None
+    allow = run.args.allow_env_change
+    if "record" in diff and not allow:
+        raise CheckpointError(f"cannot resume from {ckpt}: it does not record the numerical environment "
+                              "it was written in (an older syncnorm wrote it), so continuing bitwise "
+                              "cannot be checked; pass --allow-env-change to resume anyway")
+    if not allow:
+        raise CheckpointError(f"cannot resume from {ckpt}: it was written in another numerical "
+                              "environment, so the run would not continue bitwise as if never "
+                              f"interrupted (saved vs now: {diff}); resume in the environment it "
+                              "records, or pass --allow-env-change to accept results that differ")
+    what = "no record" if "record" in diff else f"saved vs now: {diff}"
+    return (f"resuming from {ckpt} in another numerical environment ({what}) as --allow-env-change "
+            "allows: the results will differ from an uninterrupted run's")
 
 
 def save(run: Run, m: Model, pos: Position, tag: str) -> None:
-    """Write the checkpoint (collective: every rank's loss sums travel to rank 0, which writes)."""
+    """Write the checkpoint (collective: every rank's loss sums travel to rank 0, which writes).
+    A failed write ends the job on every rank with status 3, one line from rank 0."""
     if run.ckpt is None:
         return
     losses = all_gather(pos.epoch_loss.astype(np.float64), run.world, label="checkpoint loss Allgather")
+    error = None
     if run.world.rank == 0:
         meta = {"epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch, "global_step": pos.global_step,
                 "sampler": m.sampler.state_dict(), "epoch_loss": losses.tolist(),
-                "run": _run_identity(run.args, run.world, len(run.y_train)), "tag": tag}
-        save_training_checkpoint(run.ckpt, m.model, m.opt, meta)
+                "run": _run_identity(run.args, run.world, len(run.y_train)), "tag": tag,
+                "numerics": {"dtype": run.args.dtype, "world_size": run.world.size,
+                             "ranks": run.numerics}}
+        try:
+            save_training_checkpoint(run.ckpt, m.model, m.opt, meta)
+        except CheckpointError as e:
+            error = str(e)
+    if report_once(run.world, error, "syncnorm-train: CheckpointError: {}"):
+        raise Stop(SAVE_FAILED)
 
 
 def _progress(run: Run, m: Model) -> Progress:
@@ -269,11 +344,22 @@ def _progress(run: Run, m: Model) -> Progress:
 def train_epochs(run: Run, m: Model, pos: Position) -> Tally:
     """The epoch loop from `pos` (advanced in place): steps, checkpoints, progress, and the stop
     that --stop-after-step asks for."""
-    args, P = run.args, run.world.size
     assert m.net is not None
     progress = _progress(run, m)
     tally = Tally()
     coll0 = (m.net.collectives, _sync_collectives(m.model))
+    try:
+        _epochs(run, m, pos, progress, tally)
+    finally:
+        progress.close()
+    tally.collectives = (m.net.collectives - coll0[0], _sync_collectives(m.model) - coll0[1])
+    return tally
+
+
+def _epochs(run: Run, m: Model, pos: Position, progress: Progress, tally: Tally) -> None:
+    """Steps until the last epoch ends or --stop-after-step stops the run (tally.stopped)."""
+    args, P = run.args, run.world.size
+    assert m.net is not None
     stop_at = args.stop_after_step
     while pos.epoch < args.epochs and not tally.stopped:
         m.sampler.set_epoch(pos.epoch)
@@ -309,9 +395,6 @@ def train_epochs(run: Run, m: Model, pos: Position) -> Tally:
         pos.epoch_loss = np.zeros(2)
         save(run, m, pos, "epoch")
         tally.stopped = stop_at is not None and pos.global_step >= stop_at and pos.epoch < args.epochs
-    progress.close()
-    tally.collectives = (m.net.collectives - coll0[0], _sync_collectives(m.model) - coll0[1])
-    return tally
 
 
 def final_report(run: Run, m: Model, tally: Tally) -> int:
