@@ -205,7 +205,7 @@ def _sniff(path: Path) -> None:
                               "file whose data never reached the disk, or a copy of /dev/zero)")
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2..5
         raise CheckpointError(f"{path} was refused: it is a Python pickle, not a syncnorm checkpoint, and "
-                              "was not unpickled (unpickling runs code from the file)")
+                              "was not unpickled: unpickling would run code from the file")
     raise CheckpointError(f"{path} is not a syncnorm checkpoint: it is not a .npz (zip) file (it starts "
                           f"with {head[:8]!r})")
 

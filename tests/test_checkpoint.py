@@ -61,7 +61,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
         f.write(b"PK\x03\x04" + b"\0" * 1000)
         raise OSError("No space left on device")
     monkeypatch.setattr(ck.np, "savez_compressed", crash)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(ck.CheckpointError, match=f"could not write the checkpoint {path}: No space"):
         ck.save_training_checkpoint(path, m, opt, {"epoch": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]
