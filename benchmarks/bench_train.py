@@ -65,9 +65,9 @@ def worker(batch_sizes: list[int], rounds: int, block: int) -> None:
     from syncnorm.data import load_digits
     from syncnorm.distributed import comm as C
     from syncnorm.distributed import get_world_group
-    from syncnorm.models import digits_cnn
     from syncnorm.optim import SGD
     from syncnorm.parallel import DistributedDataParallel, DistributedSampler
+    from syncnorm.training.models import digits_cnn
 
     world = get_world_group()
     P, rank = world.size, world.rank

@@ -12,21 +12,26 @@ per array, as `numpy.savez_compressed` writes it, read with `np.load(..., allow_
 | `__sha256__`    | uint8 (32,)           | SHA-256 over every other member, in sorted key order, of    |
 |                 |                       | key, dtype, shape and raw bytes (see `content_digest`)      |
 
-Only numeric and bool arrays are written or accepted. Loading reads every member into memory, checks
-the format, version and checksum, and only then hands the arrays out; `load_training_checkpoint`
-then loads model and optimizer together or not at all. A truncated, corrupted or foreign file, or one
-holding an object array (which would need pickle), raises `CheckpointError` and changes nothing.
+Only numeric and bool arrays are written or accepted. Loading first looks at the file's first bytes
+(an empty file, zeros, a plain pickle or anything else that is not a zip archive is refused with
+that reason), reads every member into memory, checks the format, version and checksum, and only
+then hands the arrays out; `load_training_checkpoint` then loads model and optimizer together or
+not at all. A truncated, corrupted or foreign file, or one holding an object array (which would
+need pickle), raises `CheckpointError` and changes nothing.
 
 Writing: rank 0 writes a temporary file in the destination directory, flushes and fsyncs it,
 renames it over the destination with `os.replace` (atomic on POSIX) and fsyncs the directory. A crash
 at any moment leaves either the previous checkpoint or the new one, never a mix; a stray temporary
-file (named `.<name>.*.tmp`) is all a crash can leave behind.
+file (named `.<name>.*.tmp`) is all a crash can leave behind (`remove_stale_temp_files` clears it).
+A write that fails (disk full, read-only, no permission) raises `CheckpointError` naming the file
+and the system's reason; the previous checkpoint stays as it was and the temporary file is removed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -38,7 +43,8 @@ from typing import Any, Mapping
 import numpy as np
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "Checkpoint", "content_digest", "save_checkpoint",
-           "load_checkpoint", "save_training_checkpoint", "load_training_checkpoint"]
+           "load_checkpoint", "save_training_checkpoint", "load_training_checkpoint",
+           "remove_stale_temp_files"]
 
 FORMAT = "syncnorm-checkpoint"
 """The format name stored in every checkpoint's `__meta__` header."""
@@ -46,6 +52,8 @@ VERSION = 1
 """The format version this syncnorm writes; it reads versions 1..VERSION."""
 _META, _SUM = "__meta__", "__sha256__"
 _OK_KINDS = "biuf"
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # a zip's first member, or an empty zip
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 class CheckpointError(RuntimeError):
@@ -127,25 +135,83 @@ def save_checkpoint(path: str | os.PathLike, model_state: Mapping[str, np.ndarra
     arrays[_META] = _json_bytes(header)
     arrays[_SUM] = np.frombuffer(content_digest(arrays), dtype=np.uint8).copy()
     directory = path.parent if str(path.parent) else Path(".")
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez_compressed(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from e
         raise
     _fsync_dir(str(directory))
     return path
 
 
+def _write_error(path: Path, e: OSError) -> CheckpointError:
+    reason = e.strerror or str(e)
+    return CheckpointError(f"could not write the checkpoint {path}: {reason}; the previous checkpoint "
+                           "there, if any, is unchanged")
+
+
+def remove_stale_temp_files(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (`.<name>.*.tmp` beside `path`) that a writer killed mid-save left.
+    Call it only when no other process is writing `path`. Returns the files removed."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    removed = []
+    for tmp in sorted(directory.glob(f".{path.name}.*.tmp")):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(tmp)
+    return removed
+
+
+def _sniff(path: Path) -> None:
+    """Refuse, with its real reason, a file that is no zip archive at all: np.load would call any
+    such file (random bytes, zeros) a pickle."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except OSError:
+        return  # np.load reports it
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file (a directory, a device, a pipe or a "
+                              "socket); a checkpoint is a file")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return
+    if not head:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint")
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_NPY_MAGIC):
+        return
+    if head.count(0) == len(head):
+        raise CheckpointError(f"{path} is not a checkpoint: its first {len(head)} bytes are all zero (a "
+                              "file whose data never reached the disk, or a copy of /dev/zero)")
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2..5
+        raise CheckpointError(f"{path} was refused: it is a Python pickle, not a syncnorm checkpoint, and "
+                              "was not unpickled: unpickling would run code from the file")
+    raise CheckpointError(f"{path} is not a syncnorm checkpoint: it is not a .npz (zip) file (it starts "
+                          f"with {head[:8]!r})")
+
+
 def _read_all(path: Path) -> dict[str, np.ndarray]:
+    _sniff(path)
     try:
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):  # a plain .npy array

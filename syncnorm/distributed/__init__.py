@@ -1,8 +1,10 @@
-"""Communication: process groups and the few collectives syncnorm uses (all in `comm.py`).
+"""Communication: process groups, and group-level collectives (`all_reduce`, `all_gather`,
+`broadcast`) for applications; every MPI call lives in `comm.py`.
 
 Works unchanged under `mpirun -n P` / `srun` and in a plain `python` process (a world of size 1
 that never loads MPI).
 """
+from .collectives import all_gather, all_reduce, broadcast
 from .comm import CollectiveTimeoutError, default_timeout
 from .env import MPIMismatchError
 from .exchange import PeerInputError, RanksOutOfStepError
@@ -11,5 +13,6 @@ from .group import (ProcessGroup, as_group, get_rank, get_world_group, get_world
 
 __all__ = ["ProcessGroup", "as_group", "get_rank", "get_world_group", "get_world_size", "new_group",
            "new_subgroups", "new_subgroups_by_enumeration", "split_by_node",
+           "all_reduce", "all_gather", "broadcast",
            "CollectiveTimeoutError", "MPIMismatchError", "PeerInputError", "RanksOutOfStepError",
            "default_timeout"]

@@ -91,10 +91,14 @@ def broadcast(buf: np.ndarray, comm: Any, root: int = 0, timeout: float | None =
     return buf
 
 
-def allgather(values: np.ndarray, comm: Any) -> np.ndarray:
+def allgather(values: np.ndarray, comm: Any, timeout: float | None = None,
+              what: str = "Allgather") -> np.ndarray:
     """Gather a small contiguous array from every rank: result shape (size, *values.shape)."""
     out = np.empty((comm.Get_size(),) + values.shape, values.dtype)
-    comm.Allgather(np.ascontiguousarray(values), out)
+    if timeout is None:
+        comm.Allgather(np.ascontiguousarray(values), out)
+    else:
+        _wait(comm.Iallgather(np.ascontiguousarray(values), out), timeout, what, comm)
     return out
 
 

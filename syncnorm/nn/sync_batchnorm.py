@@ -66,7 +66,8 @@ class SyncBatchNorm(_BatchNorm):
 
     @property
     def collective_calls(self) -> int:
-        """Allreduces this layer has made (forward + backward; none in a group of size 1)."""
+        """Allreduces this layer has made in a group of more than one rank (forward + backward);
+        0 in a group of one rank, which never communicates. Read-only."""
         return 0 if self._exchange is None else self._exchange.collective_calls
 
     def forward(self, x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ Bcast of all of them packed into one byte buffer), so all ranks start equal. Aft
 `backward` it packs the parameter gradients into preallocated contiguous buckets (parameters in
 reverse registration order, the order backward produces them, as torch does; buckets are split by
 dtype and capped at `bucket_cap_mb`), runs one Allreduce (sum) per bucket through
-`syncnorm.distributed.comm.allreduce_sum`, divides by the group size and writes the averages back
+`syncnorm.distributed.all_reduce`, divides by the group size and writes the averages back
 into every `.grad`. With the default 25 MB cap a small model needs one collective per step.
 
 Differences from torch: the reduction runs after the module's backward returns (torch overlaps it
@@ -22,7 +22,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..distributed import comm as C
+from ..distributed.collectives import all_reduce, broadcast
 from ..distributed.exchange import fingerprint
 from ..distributed.group import ProcessGroup, as_group
 from ..nn.module import Module, Parameter
@@ -129,9 +129,6 @@ class DistributedDataParallel(Module):
         """The ProcessGroup the gradients are averaged over."""
         return self.process_group
 
-    def _timeout(self) -> float | None:
-        return self.timeout if self.timeout is not None else C.default_timeout()
-
     def _check_layout(self) -> None:
         """Fail together (not hang) when ranks wrap different models."""
         if self.group.size == 1:
@@ -140,7 +137,8 @@ class DistributedDataParallel(Module):
         desc += [(n, b.shape, str(b.dtype)) for n, b in self.module.named_buffers()]
         v = fingerprint(desc)
         buf = np.array([v, v * v], dtype=np.float64)
-        C.allreduce_sum(buf, self.group.comm, self._timeout(), "DistributedDataParallel layout check")
+        all_reduce(buf, self.group, timeout=self.timeout, label="DistributedDataParallel layout check",
+                   inplace=True)
         self.collectives += 1
         if self.group.size * int(buf[1]) != int(buf[0]) ** 2:
             raise ValueError("DistributedDataParallel: the ranks wrap models with different parameters "
@@ -169,9 +167,9 @@ class DistributedDataParallel(Module):
             for a in arrays:
                 buf[off:off + a.nbytes] = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
                 off += a.nbytes
-        C.broadcast(buf, self.group.comm, 0, self._timeout(),
-                    "DistributedDataParallel broadcast of " + ("parameters and buffers" if include_params
-                                                               else "buffers"))
+        what = "parameters and buffers" if include_params else "buffers"
+        broadcast(buf, self.group, 0, timeout=self.timeout,
+                  label=f"DistributedDataParallel broadcast of {what}", inplace=True)
         self.collectives += 1
         if self.group.rank != 0:
             off = 0
@@ -205,7 +203,6 @@ class DistributedDataParallel(Module):
         P = self.group.size
         if P == 1:
             return
-        timeout = self._timeout()
         for i, b in enumerate(self.buckets):
             buf = b.buffer
             for p, (lo, hi) in zip(b.params, b.slices):
@@ -213,8 +210,8 @@ class DistributedDataParallel(Module):
                     buf[lo:hi] = 0
                 else:
                     buf[lo:hi] = p.grad.reshape(-1)
-            C.allreduce_sum(buf, self.group.comm, timeout,
-                            f"DistributedDataParallel gradient bucket {i} ({b.nbytes} bytes)")
+            all_reduce(buf, self.group, timeout=self.timeout, inplace=True,
+                       label=f"DistributedDataParallel gradient bucket {i} ({b.nbytes} bytes)")
             self.collectives += 1
             np.divide(buf, P, out=buf)
             for p, (lo, hi) in zip(b.params, b.slices):

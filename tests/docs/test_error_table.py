@@ -16,6 +16,7 @@ import importlib.util
 import io
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -30,9 +31,10 @@ import numpy as np
 import pytest
 
 from error_doc import PLACEHOLDER, ROOT, Row, doc_regex, matches, parse_rows
+from mounts import tmpfs_mount
 from mpi_harness import run_mpi, run_pytest_mpi
 from syncnorm import checkpoint as ck
-from syncnorm import launch, nn
+from syncnorm import distributed, launch, nn
 from syncnorm.distributed import comm, env, failsafe, group
 from syncnorm.optim import SGD
 from syncnorm.parallel import DistributedDataParallel, DistributedSampler
@@ -280,6 +282,12 @@ HEADER = {"format": ck.FORMAT, "version": 1, "meta": {}, "model_metadata": {}, "
 CKPT_TRIGGERS: dict[str, Callable[[Path], Any]] = {
     "ckpt-missing": lambda d: ck.load_checkpoint(d / "missing.npz"),
     "ckpt-unreadable": lambda d: ck.load_checkpoint(_truncated(d)),
+    "ckpt-not-file": lambda d: ck.load_checkpoint(d),
+    "ckpt-empty": lambda d: ck.load_checkpoint(_file(d, "empty.npz", b"")),
+    "ckpt-zeros": lambda d: ck.load_checkpoint(_file(d, "zeros.npz", bytes(10000))),
+    "ckpt-plain-pickle": lambda d: ck.load_checkpoint(_file(d, "p.pkl", pickle.dumps({"w": [1.0]}))),
+    "ckpt-not-zip": lambda d: ck.load_checkpoint(_file(d, "r.npz", b"\x01\x02random bytes")),
+    "ckpt-write": lambda d: ck.save_checkpoint((d / "taken").mkdir() or d / "taken", {"w": np.ones(2)}),
     "ckpt-pickle": lambda d: ck.load_checkpoint(_pickled(d)),
     "ckpt-single-array": lambda d: (np.save(d / "one.npy", np.ones(3)), ck.load_checkpoint(d / "one.npy")),
     "ckpt-foreign": lambda d: (np.savez(d / "plain.npz", w=np.ones(3)), ck.load_checkpoint(d / "plain.npz")),
@@ -303,6 +311,11 @@ CKPT_TRIGGERS: dict[str, Callable[[Path], Any]] = {
         _ckpt(d, "mm.npz")[0], nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))),
     "ckpt-optim-mismatch": lambda d: _load_into(d, optimizer_saved=True, other_optimizer=True),
 }
+
+
+def _file(d: Path, name: str, data: bytes) -> Path:
+    (d / name).write_bytes(data)
+    return d / name
 
 
 def _truncated(d: Path) -> Path:
@@ -416,13 +429,13 @@ def _load_digits(path: Path):
 
 @trigger("trainer-group-size")
 def _():
-    from syncnorm.trainer import sync_group
+    from syncnorm.training.trainer import sync_group
     sync_group(3, group.get_world_group())
 
 
 @trigger("trainer-schedule")
 def _():
-    from syncnorm.trainer import lr_at
+    from syncnorm.training.trainer import lr_at
     lr_at(1, 10, 0.1, "linear")
 
 
@@ -431,9 +444,12 @@ TINY = ["--max-train", "48", "--batch-size", "16", "--width", "2", "--progress",
 
 @trigger("equivalence-samples")
 def _():
-    from syncnorm.train import main
-    with contextlib.redirect_stdout(io.StringIO()):
-        main(TINY + ["--epochs", "0", "--check-equivalence", "5"])
+    from syncnorm.data import load_digits
+    from syncnorm.training.equivalence import check_equivalence
+    from syncnorm.training.trainer import ModelConfig
+    d = load_digits()
+    check_equivalence(ModelConfig(width=2), d.train_x[:48], d.train_y[:48], 5, 16,
+                      group.get_world_group(), None)
 
 
 # ============================================================================ groups, MPI, launchers
@@ -449,6 +465,12 @@ trigger("ddp-module")(lambda: DistributedDataParallel(object()))
 trigger("ddp-bucket")(lambda: DistributedDataParallel(nn.Linear(2, 2), bucket_cap_mb=0))
 trigger("ddp-reduce-dtype")(lambda: DistributedDataParallel(nn.Linear(2, 2), reduce_dtype=np.int32))
 
+trigger("coll-not-member")(lambda: distributed.all_reduce(np.zeros(1), group.ProcessGroup(None, [3], 0, "others")))
+trigger("coll-op")(lambda: distributed.all_reduce(np.zeros(1), op="mean"))
+trigger("coll-dtype")(lambda: distributed.all_reduce(np.zeros(1, bool)))
+trigger("coll-inplace")(lambda: distributed.broadcast([1.0], inplace=True))
+trigger("coll-root")(lambda: distributed.broadcast(np.zeros(1), root=2))
+trigger("coll-timeout")(lambda: distributed.all_gather(np.zeros(1), timeout=-1))
 
 @trigger("timeout-env")
 def _():
@@ -651,13 +673,63 @@ def _launch_signal(d: Path) -> Exit:
 
 
 def _train(*args: str) -> Exit:
-    from syncnorm.train import main
+    from syncnorm.training.train import main
     return cli(lambda: main(list(args)))
 
 
-trigger("cli-train-args")(lambda: _train("--batch-size", "0"))
-trigger("cli-train-resume-dir")(lambda: _train("--resume"))
-trigger("cli-train-accuracy")(lambda: _train(*TINY, "--epochs", "0", "--require-accuracy", "1.01"))
+trigger("cli-train-args")(lambda: _train("--max-train", "-5"))
+trigger("cli-train-needs-dir")(lambda: _train("--stop-after-step", "3"))
+trigger("cli-train-nesterov")(lambda: _train("--nesterov", "--momentum", "0"))
+trigger("cli-train-resume-both")(lambda: _train("--resume", "--resume-if-exists", "--checkpoint-dir", "x"))
+trigger("cli-train-group-size")(lambda: _train(*TINY, "--epochs", "0", "--sync-group-size", "3"))
+trigger("cli-train-equivalence-samples")(lambda: _train(*TINY, "--epochs", "0", "--check-equivalence", "5"))
+trigger("cli-train-accuracy")(lambda: _train(*TINY, "--epochs", "0", "--require-accuracy", "1.0"))
+
+
+def _dir_create(d: Path) -> Exit:
+    (d / "a-file").write_text("")
+    return _train(*TINY, "--epochs", "1", "--checkpoint-dir", str(d / "a-file" / "ckpt"))
+
+
+def _dir_full(d: Path) -> Exit:
+    with tmpfs_mount(d / "small", "size=64k"):
+        return _train(*TINY[:4], "--progress", "none", "--epochs", "1", "--checkpoint-dir",
+                      str(d / "small"))
+
+
+def _save_failed(d: Path) -> Exit:
+    (d / "taken" / "checkpoint.npz" / "x").mkdir(parents=True)  # a directory where the file goes
+    return _train(*TINY, "--epochs", "1", "--checkpoint-dir", str(d / "taken"))
+
+
+def _resume_missing(d: Path) -> Exit:
+    out = _train(*TINY, "--epochs", "1", "--checkpoint-dir", str(d / "typo"), "--resume")
+    assert not (d / "typo").exists(), "a refused --resume created the directory"
+    return out
+
+
+def _rewrite_numerics(path: Path, numerics: Any) -> None:
+    """Rewrite a checkpoint as if written in another environment (valid format and checksum)."""
+    c = ck.load_checkpoint(path)
+    meta = dict(c.meta)
+    if numerics is None:
+        meta.pop("numerics")
+    else:
+        meta["numerics"] = numerics
+    ck.save_checkpoint(path, c.model, c.optimizer, meta)
+
+
+def _resume_env(d: Path, numerics: Callable[[dict], Any]) -> Exit:
+    ckdir = d / f"env{id(numerics)}"
+    assert _train(*TINY, "--epochs", "1", "--checkpoint-dir", str(ckdir)).code == 0
+    _rewrite_numerics(ckdir / "checkpoint.npz", numerics(ck.load_checkpoint(ckdir / "checkpoint.npz").meta))
+    return _train(*TINY, "--epochs", "1", "--checkpoint-dir", str(ckdir), "--resume")
+
+
+def _other_threads(meta: dict) -> dict:
+    ranks = [dict(r, blas_threads=r["blas_threads"] + 7 if isinstance(r["blas_threads"], int) else 7)
+             for r in meta["numerics"]["ranks"]]
+    return dict(meta["numerics"], ranks=ranks)
 
 
 def _resume_refused(d: Path) -> Exit:
@@ -674,7 +746,7 @@ def _resume_other_run(d: Path) -> Exit:
 
 def _resume_foreign(d: Path) -> Exit:
     """A valid checkpoint of the right model that another program wrote (no training metadata)."""
-    from syncnorm.trainer import ModelConfig, build_model, make_optimizer
+    from syncnorm.training.trainer import ModelConfig, build_model, make_optimizer
     cfg = ModelConfig(width=2)
     model = build_model(cfg, None, convert=False)
     (d / "foreign").mkdir(exist_ok=True)
@@ -685,7 +757,7 @@ def _resume_foreign(d: Path) -> Exit:
 
 @trigger("cli-check-mismatch")
 def _():
-    from syncnorm.check import main
+    from syncnorm.training.check import main
     return cli(lambda: main(["--tol", "-1", "--steps", "1", "--batch", "4", "--channels", "2"]))
 
 
@@ -693,6 +765,11 @@ PATH_TRIGGERS: dict[str, Callable[[Path], Any]] = {
     **CKPT_TRIGGERS, **DATA_TRIGGERS, "launch-no-launcher": _launch_no_launcher,
     "cli-train-resume-refused": _resume_refused, "cli-train-resume-other-run": _resume_other_run,
     "cli-train-resume-foreign": _resume_foreign, "cli-launch-signal": _launch_signal,
+    "cli-train-dir-create": _dir_create, "cli-train-dir-space": _dir_full,
+    "cli-train-dir-write": lambda d: _train(*TINY, "--epochs", "1", "--checkpoint-dir", "/proc"),
+    "cli-train-save-failed": _save_failed, "cli-train-resume-missing": _resume_missing,
+    "cli-train-resume-env": lambda d: _resume_env(d, _other_threads),
+    "cli-train-resume-no-record": lambda d: _resume_env(d, lambda meta: None),
 }
 
 

@@ -19,7 +19,7 @@ import pytest
 from mpi_harness import ROOT
 from syncnorm import checkpoint as ck
 from syncnorm import launch
-from syncnorm.trainer import ModelConfig, build_model
+from syncnorm.training.trainer import ModelConfig, build_model
 
 WEIRD = "dir with spaces;$(touch pwned)&'q\"`touch pwned2`|x>y"
 ARGS = ["--max-train", "192", "--batch-size", "8", "--width", "4", "--epochs", "1",

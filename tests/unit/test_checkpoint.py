@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from syncnorm import checkpoint as ck
-from syncnorm.models import digits_cnn
 from syncnorm.nn import CrossEntropyLoss
 from syncnorm.optim import SGD
+from syncnorm.training.models import digits_cnn
 
 
 def trained(seed=0, steps=2):
@@ -61,7 +61,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_intact(tmp_path, monkeypa
         f.write(b"PK\x03\x04" + b"\0" * 1000)
         raise OSError("No space left on device")
     monkeypatch.setattr(ck.np, "savez_compressed", crash)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(ck.CheckpointError, match=f"could not write the checkpoint {path}: No space"):
         ck.save_training_checkpoint(path, m, opt, {"epoch": 2})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["c.npz"]

@@ -9,7 +9,7 @@ import pytest
 
 from family_reference import numeric_grad
 from syncnorm import nn
-from syncnorm.models import digits_cnn
+from syncnorm.training.models import digits_cnn
 
 REF = np.load(Path(__file__).resolve().parents[1] / "data" / "layer_refs.npz", allow_pickle=False)
 CASES = json.loads(str(REF["cases"]))

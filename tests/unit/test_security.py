@@ -20,7 +20,7 @@ import pytest
 from syncnorm import checkpoint as ck
 from syncnorm import launch, nn
 from syncnorm.data import DIGITS_PATH, load_digits
-from syncnorm.train import main as train_main
+from syncnorm.training.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[2]
 WEIRD = "dir with spaces;$(touch pwned)&'q\"`touch pwned2`|x>y"

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from syncnorm import checkpoint as ck
-from syncnorm.train import main
+from syncnorm.training.train import main
 
 QUICK = ["--max-train", "192", "--batch-size", "16", "--width", "4", "--progress", "lines"]
 

@@ -12,9 +12,9 @@ import pytest
 from mpi4py import MPI
 
 from syncnorm import nn
-from syncnorm.models import digits_cnn
 from syncnorm.optim import SGD
 from syncnorm.parallel import DistributedDataParallel
+from syncnorm.training.models import digits_cnn
 
 WORLD = MPI.COMM_WORLD
 P, RANK = WORLD.Get_size(), WORLD.Get_rank()

@@ -1,6 +1,6 @@
 """Building blocks of the digits training job: model setup, one training step, evaluation.
 
-Shared by `syncnorm.train` (the job) and `syncnorm.equivalence` (the single-process comparison),
+Shared by `train` (the job) and `equivalence` (the single-process comparison),
 so both run exactly the same step.
 """
 from __future__ import annotations
@@ -11,13 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from . import nn
-from .distributed import comm as C
-from .distributed.group import ProcessGroup, new_subgroups
+from .. import nn
+from ..distributed import all_reduce
+from ..distributed.group import ProcessGroup, new_subgroups
+from ..nn.dropout import set_dropout_keys
+from ..optim import SGD
+from ..parallel import DistributedDataParallel
 from .models import digits_cnn
-from .nn.dropout import set_dropout_keys
-from .optim import SGD
-from .parallel import DistributedDataParallel
 
 __all__ = ["ModelConfig", "sync_group", "build_model", "make_optimizer", "lr_at", "train_step",
            "evaluate", "allreduce", "rank_batch", "describe_bn"]
@@ -98,11 +98,8 @@ def train_step(net: nn.Module, model: nn.Module, criterion: nn.CrossEntropyLoss,
 
 
 def allreduce(values: np.ndarray, world: ProcessGroup, op: str = "sum") -> np.ndarray:
-    """Reduce a small float64 array over the world (no-op in a world of 1)."""
-    values = np.ascontiguousarray(values, dtype=np.float64)
-    if world.size > 1:
-        C.allreduce_sum(values, world.comm, C.default_timeout(), "metrics Allreduce", op)
-    return values
+    """A small array (S...) reduced in float64 over the world: a new (S...) array."""
+    return all_reduce(np.asarray(values, dtype=np.float64), world, op, label="metrics Allreduce")
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, world: ProcessGroup,

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import nn
-from .distributed import comm as C
-from .distributed.group import ProcessGroup
-from .parallel import DistributedSampler
-from .trainer import ModelConfig, allreduce, build_model, make_optimizer, rank_batch, train_step, wrap
+from .. import nn
+from ..distributed import all_gather, broadcast
+from ..distributed.group import ProcessGroup
+from ..parallel import DistributedSampler
+from .trainer import (ModelConfig, allreduce, build_model, make_optimizer, rank_batch, train_step,
+                      wrap)
 
 __all__ = ["EquivalenceResult", "check_equivalence", "TOLERANCE"]
 
@@ -74,7 +75,7 @@ def check_equivalence(cfg: ModelConfig, x: np.ndarray, y: np.ndarray, steps: int
         losses[s] = train_step(net, model, crit, opt, x[b], y[b], b, s, cfg.seed, cfg.lr)
     losses = allreduce(losses, world) / P  # equal batch sizes: the mean of the rank means
     mine = np.ascontiguousarray(idx[:steps * batch_size])
-    all_idx = C.allgather(mine, world.comm) if P > 1 else mine[None]
+    all_idx = all_gather(mine, world, label="equivalence sample ids Allgather")  # (P, steps * B)
     result = np.zeros(3)
     if world.rank == 0:
         ref = build_model(cfg, None, convert=False)
@@ -88,8 +89,7 @@ def check_equivalence(cfg: ModelConfig, x: np.ndarray, y: np.ndarray, steps: int
                         default=0.0)
         result[2] = max((_rel(a, b) for (_, a), (_, b) in zip(model.named_buffers(), ref.named_buffers())),
                         default=0.0)
-    if P > 1:
-        C.broadcast(result, world.comm, 0, C.default_timeout(), "equivalence verdict Bcast")
+    result = broadcast(result, world, 0, label="equivalence verdict Bcast")
     tol = TOLERANCE[str(np.dtype(cfg.dtype))]
     match = bool(result[0] <= tol * (1 + np.max(np.abs(losses))) and result[1] <= tol and result[2] <= tol)
     return EquivalenceResult(steps, P, batch_size, float(result[0]), float(result[1]), float(result[2]),

@@ -5,7 +5,7 @@ from typing import Any
 
 import numpy as np
 
-from . import nn
+from .. import nn
 
 __all__ = ["digits_cnn"]
 
