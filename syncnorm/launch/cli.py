@@ -7,9 +7,10 @@ import os
 import shlex
 import sys
 
-from .command import build_command, job_env
+from .command import build_command, job_env, parse_hosts, slurm_nodes
 from .detect import LaunchError, detect_mpi
 from .supervise import run
+from .threads import THREAD_VARS, describe, thread_limits
 
 __all__ = ["main"]
 
@@ -33,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--abort-grace", type=float, default=15.0, metavar="S",
                    help="after a rank reports a fatal syncnorm error, kill the job if the MPI has "
                    "not ended it within S seconds (default 15)")
+    p.add_argument("--no-thread-limits", action="store_true",
+                   help="do not set " + "/".join(v.removesuffix("_NUM_THREADS") for v in THREAD_VARS)
+                   + "_NUM_THREADS for the ranks (default: cores per host // ranks per host, at "
+                   "least 1, for each one not already set)")
     p.add_argument("--mpi-arg", action="append", default=[], help="extra launcher argument")
     p.add_argument("--dry-run", action="store_true", help="print the command and exit")
     return p
@@ -46,19 +51,30 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:
         i = argv.index("--")
         argv, cmd = argv[:i], argv[i + 1:]
-    p = _parser()
-    args = p.parse_args(argv)
+    args = _parser().parse_args(argv)
+    try:
+        return _launch(args, cmd)
+    except KeyboardInterrupt:  # SIGINT before the job started; `run` forwards it once it has
+        print("syncnorm-launch: the job was interrupted by SIGINT (exit 130)", file=sys.stderr,
+              flush=True)
+        return 130
+
+
+def _launch(args: argparse.Namespace, cmd: list[str]) -> int:
     try:
         info = detect_mpi(launcher=args.launcher)
+        limits, note = ({}, "") if args.no_thread_limits else _thread_limits(args)
         line = build_command(args.nprocs, cmd, info, args.hosts, args.hostfile, args.timeout,
                              extra=args.mpi_arg, rsh_agent=args.rsh_agent, tcp=args.tcp,
-                             env_vars=args.env)
+                             env_vars=[f"{k}={v}" for k, v in limits.items()] + args.env)
     except LaunchError as e:
         print(f"syncnorm-launch: error: {e}", file=sys.stderr)
         return 2
     env = job_env(info, args.timeout)
-    for note in info.notes:
-        print(f"syncnorm-launch: note: {note}", file=sys.stderr)
+    for n in info.notes:
+        print(f"syncnorm-launch: note: {n}", file=sys.stderr)
+    if note:
+        print(note, file=sys.stderr)
     if args.dry_run:
         flags = " ".join(f"{k}={env[k]}" for k in ("OMPI_ALLOW_RUN_AS_ROOT",
                          "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "MPIEXEC_TIMEOUT")
@@ -67,4 +83,24 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         print(((flags + " ") if flags else "") + shlex.join(line))
         return 0
+    sys.stderr.flush()
     return run(line, env, args.timeout, abort_grace=args.abort_grace)
+
+
+def _thread_limits(args: argparse.Namespace) -> tuple[dict[str, str], str]:
+    """The thread variables for the ranks (see `threads`) and the line that says so; the user's
+    own (this environment, --env) are kept."""
+    given = {item.partition("=")[0]: item.partition("=") for item in args.env}
+    kept = {}
+    for var in THREAD_VARS:
+        if var in given:
+            _, eq, value = given[var]
+            kept[var] = value if eq else os.environ.get(var, "")
+        elif var in os.environ:
+            kept[var] = os.environ[var]
+    if args.nprocs < 1:
+        return {}, ""  # build_command refuses it
+    hosts = parse_hosts(args.hosts) if args.hosts else None
+    limits, why = thread_limits(args.nprocs, hosts=hosts, hostfile=args.hostfile,
+                                multi_node=slurm_nodes() > 1, user_set=kept)
+    return limits, describe(limits, why, kept)

@@ -7,7 +7,7 @@ import re
 
 from .detect import LaunchError, MPIInfo
 
-__all__ = ["parse_hosts", "build_command", "job_env"]
+__all__ = ["parse_hosts", "build_command", "job_env", "slurm_nodes"]
 
 
 def parse_hosts(hosts: str) -> list[tuple[str, int]]:
@@ -59,8 +59,7 @@ def build_command(nprocs: int, cmd: list[str], info: MPIInfo, hosts: str | None 
             "Open MPI 5 then maps every rank onto the first host.")
     cores = cores or os.cpu_count() or 1
     # inside a Slurm allocation of several nodes, mpirun spreads the ranks over them by itself
-    single_host = (host_list is None and hostfile is None
-                   and _int_env("SLURM_JOB_NUM_NODES", _int_env("SLURM_NNODES", 1)) <= 1)
+    single_host = host_list is None and hostfile is None and slurm_nodes() <= 1
     passed = _env_pairs(env_vars)
     line = [info.launcher, "-n", str(nprocs)]
     if info.vendor == "openmpi":
@@ -106,6 +105,11 @@ def build_command(nprocs: int, cmd: list[str], info: MPIInfo, hosts: str | None 
 _LAUNCHER_ONLY = frozenset({"SYNCNORM_MPIEXEC", "SYNCNORM_DRY_RUN", "SYNCNORM_TCP", "SYNCNORM_NP",
                             "SYNCNORM_RSH_AGENT", "SYNCNORM_JOB", "SYNCNORM_JOB_TIMEOUT",
                             "SYNCNORM_SRUN_MPI", "SYNCNORM_VENV", "SYNCNORM_TEST_CACHE"})
+
+
+def slurm_nodes() -> int:
+    """The nodes of the Slurm allocation this runs in (1 outside Slurm)."""
+    return _int_env("SLURM_JOB_NUM_NODES", _int_env("SLURM_NNODES", 1))
 
 
 def _int_env(name: str, default: int) -> int:
