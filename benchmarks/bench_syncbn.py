@@ -4,15 +4,14 @@
 
 Every rank runs both layers, interleaved, on its own (32, 64, 32, 32) float32 batch: the local
 BatchNorm2d is the baseline measured in the same run (two processes at once, no communication).
-Rank 0 prints the medians, the ratio, and the collectives and bytes per step counted by a wrapper
-around the communicator.
+Rank 0 prints the medians, the ratio, and the collectives and bytes per step counted by
+`syncnorm.bench.mpi_worker.CountingComm` (the wrapper `syncnorm-bench` counts with).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import time
-from collections import Counter
 
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
@@ -21,24 +20,7 @@ import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
 
 from syncnorm import nn  # noqa: E402
-
-
-class CountingComm:
-    """Counts the collectives called through it (and their bytes)."""
-
-    def __init__(self, comm):
-        self._comm, self.calls, self.bytes = comm, Counter(), 0
-
-    def __getattr__(self, name):
-        attr = getattr(self._comm, name)
-        if not name[:1].isupper() or name.startswith("Get") or name in ("Split", "Dup", "Free"):
-            return attr
-
-        def counted(*args, **kw):
-            self.calls[name] += 1
-            self.bytes += sum(a.nbytes for a in args if isinstance(a, np.ndarray))
-            return attr(*args, **kw)
-        return counted
+from syncnorm.bench.mpi_worker import CountingComm  # noqa: E402
 
 
 def main() -> None:

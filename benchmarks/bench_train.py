@@ -22,7 +22,6 @@ import re
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,32 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-
-class CountingComm:
-    """Proxy around an mpi4py communicator that counts collectives and bytes."""
-
-    COUNTED = {"Allreduce", "Iallreduce", "Bcast", "Ibcast", "Allgather", "Barrier"}
-
-    def __init__(self, comm):
-        self._comm = comm
-        self.calls: Counter = Counter()
-        self.bytes = 0
-        self.seconds = 0.0  # wall time inside the collectives (latency + waiting for the peers)
-
-    def __getattr__(self, name):
-        attr = getattr(self._comm, name)
-        if name not in self.COUNTED:
-            return attr
-
-        def counted(*args, **kw):
-            self.calls[name] += 1
-            self.bytes += sum(a.nbytes for a in args if isinstance(a, np.ndarray))
-            t0 = time.perf_counter()
-            try:
-                return attr(*args, **kw)
-            finally:
-                self.seconds += time.perf_counter() - t0
-        return counted
+# the communicator wrapper syncnorm-bench counts with
+from syncnorm.bench.mpi_worker import CountingComm  # noqa: E402
 
 
 def worker(batch_sizes: list[int], rounds: int, block: int) -> None:
@@ -123,8 +98,7 @@ def worker(batch_sizes: list[int], rounds: int, block: int) -> None:
             for _ in range(3):
                 one(name)
         for name in runs:
-            runs[name][3].calls.clear()
-            runs[name][3].seconds = 0.0
+            runs[name][3].reset()
         for r in range(rounds):
             order = ("sync", "local") if r % 2 == 0 else ("local", "sync")
             for name in order:

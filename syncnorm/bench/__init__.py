@@ -7,7 +7,8 @@ bytes and the alpha-beta model), `mpi_worker` / `mpirun` (the counted runs under
 (tracemalloc peaks), `report` (tables, JSON, plots), `cli` (the command).
 
 Importing this package imports nothing heavy; run it as `syncnorm-bench` or
-`python -m syncnorm.bench`.
+`python -m syncnorm.bench`. The standalone scripts in a checkout's `benchmarks/` folder are not
+part of it (one experiment each; docs/performance.md lists them); two reuse its `CountingComm`.
 """
 __all__ = ["main"]
 

@@ -13,7 +13,9 @@ timeout path does two things before `CollectiveTimeoutError` is raised:
    every thread is and ends the process with exit code 1) and `alarm(2)` one second after that,
    with SIGALRM at its default action, which ends the process even while it is stuck inside
    MPI_Finalize at interpreter exit (Python cancels the faulthandler timer when it finalizes).
-   grace = SYNCNORM_ABORT_GRACE seconds, default 10.
+   grace = SYNCNORM_ABORT_GRACE seconds, default 10. A rank ended by the alarm makes Open MPI's
+   mpirun exit 142 (128 + SIGALRM); `syncnorm-launch` reports any failed job after the fatal line
+   as 1 (docs/errors.md, "Exit codes").
 
 The exception itself is raised as usual, so callers can still log or write a local checkpoint within
 the grace period. SYNCNORM_ABORT_GRACE=off disables the watchdogs (the caller ends the process

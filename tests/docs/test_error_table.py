@@ -645,21 +645,31 @@ def _():
     return cli(lambda: launch.run(line, dict(os.environ), abort_grace=0.5, stderr=io.BytesIO()))
 
 
-def _launch_signal(d: Path) -> Exit:
-    """SIGTERM to the launcher (this process, while launch.run forwards signals) reaches a job that
-    ignores it; the launcher kills the job after kill_grace. The signal is sent only once
-    launch.run's handler is installed and the job has said it ignores SIGTERM (never to a pytest
-    process that would die of it)."""
-    ready = d / "job-ignores-sigterm"
+@trigger("cli-launch-fatal-status")
+def _():
+    """A rank prints the fatal line and dies of SIGALRM, as its watchdog makes a rank hung in
+    MPI_Finalize do (the job's status 142 used to be the launcher's)."""
+    line = _sleeper("sys.stderr.write('[syncnorm fatal] world rank 0: test\\n'); sys.stderr.flush()\n"
+                    "import os\nos.kill(os.getpid(), signal.SIGALRM)")
+    return cli(lambda: launch.run(line, dict(os.environ), stderr=io.BytesIO()))
+
+
+def _launch_signal(d: Path, sig: signal.Signals, job_ignores_it: bool) -> Exit:
+    """`sig` to the launcher (this process, while launch.run forwards signals) reaches the job; a
+    job that ignores it is killed after kill_grace. The signal is sent only once launch.run's
+    handler is installed and the job is running (never to a pytest process that would die of
+    it)."""
+    ready = d / f"job-ready-{sig.name}"
     ready.unlink(missing_ok=True)
-    line = _sleeper(f"signal.signal(signal.SIGTERM, signal.SIG_IGN)\nopen({str(ready)!r}, 'w').close()")
-    original = signal.getsignal(signal.SIGTERM)
+    ignore = f"signal.signal(signal.{sig.name}, signal.SIG_IGN)\n" if job_ignores_it else ""
+    line = _sleeper(f"{ignore}open({str(ready)!r}, 'w').close()")
+    original = signal.getsignal(sig)
     stop = threading.Event()
 
     def send() -> None:
         while not stop.is_set():
-            if signal.getsignal(signal.SIGTERM) is not original and ready.exists():
-                os.kill(os.getpid(), signal.SIGTERM)
+            if signal.getsignal(sig) is not original and ready.exists():
+                os.kill(os.getpid(), sig)
                 return
             time.sleep(0.01)
 
@@ -764,7 +774,9 @@ def _():
 PATH_TRIGGERS: dict[str, Callable[[Path], Any]] = {
     **CKPT_TRIGGERS, **DATA_TRIGGERS, "launch-no-launcher": _launch_no_launcher,
     "cli-train-resume-refused": _resume_refused, "cli-train-resume-other-run": _resume_other_run,
-    "cli-train-resume-foreign": _resume_foreign, "cli-launch-signal": _launch_signal,
+    "cli-train-resume-foreign": _resume_foreign,
+    "cli-launch-signal": lambda d: _launch_signal(d, signal.SIGTERM, job_ignores_it=True),
+    "cli-launch-interrupted": lambda d: _launch_signal(d, signal.SIGINT, job_ignores_it=False),
     "cli-train-dir-create": _dir_create, "cli-train-dir-space": _dir_full,
     "cli-train-dir-write": lambda d: _train(*TINY, "--epochs", "1", "--checkpoint-dir", "/proc"),
     "cli-train-save-failed": _save_failed, "cli-train-resume-missing": _resume_missing,

@@ -114,7 +114,8 @@ def test_bad_requests_say_what_is_wrong(kwargs, match):
 
 
 def test_dry_run_prints_the_open_mpi_command_with_root_flags():
-    r = cli("-n", "64", "--timeout", "30", "--dry-run", "--", "python", "-c", "pass")
+    r = cli("-n", "64", "--timeout", "30", "--dry-run", "--no-thread-limits", "--", "python", "-c",
+            "pass")
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
     assert f"{Path(PY).parent}/mpirun -n 64 --oversubscribe --timeout 30 python -c pass" in line
@@ -125,7 +126,7 @@ def test_dry_run_prints_the_open_mpi_command_with_root_flags():
 
 # ------------------------------------------------------------------------- MPICH, for real
 def test_detects_mpich_when_mpi4py_loads_it_and_finds_hydra_beside_it(mpich):
-    r = cli("-n", "4", "--timeout", "20", "--dry-run", "--", "python", "x.py",
+    r = cli("-n", "4", "--timeout", "20", "--dry-run", "--no-thread-limits", "--", "python", "x.py",
             env=mpich_env(mpich))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"MPIEXEC_TIMEOUT=20 {mpich}/bin/mpiexec -n 4 python x.py"
@@ -165,7 +166,12 @@ def test_timeout_ends_a_hung_job_and_leaves_nothing_behind():
     print(f"--timeout 3 on a hung 2-rank job: exit {r.returncode} after {took:.1f} s")
 
 
-def test_sigterm_is_forwarded_and_the_job_ends():
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_is_forwarded_the_job_ends_and_the_launcher_says_so(sig, code):
+    """SIGINT/SIGTERM to the launcher end the job (nothing left behind), and the launcher says it
+    was interrupted, by which signal, and exits 128 + the signal's number (it used to exit 1,
+    silently: the code of a --require-accuracy failure)."""
     marker = f"sig-{uuid.uuid4().hex}"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -181,9 +187,11 @@ def test_sigterm_is_forwarded_and_the_job_ends():
             line = proc.stdout.readline()
             ups += line.strip() == "up"
         assert ups == 2, "the ranks did not start"
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(timeout=40)
-        assert rc != 0
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=40)
+        assert proc.returncode == code, out
+        name = signal.Signals(sig).name
+        assert f"syncnorm-launch: the job was interrupted by {name} (exit {code})" in out, out
         for _ in range(40):
             if not _leftovers(marker):
                 break
@@ -192,6 +200,7 @@ def test_sigterm_is_forwarded_and_the_job_ends():
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
         for pid in _leftovers(marker):
             os.kill(pid, signal.SIGKILL)
 
@@ -249,8 +258,10 @@ def test_a_killed_launcher_leaves_no_session_directory_to_stop_the_next_job(tmp_
 @pytest.mark.parametrize("runner", [["-m", "mpi4py"], []], ids=["python -m mpi4py", "plain python"])
 def test_a_collective_timeout_prints_the_layer_and_ends_the_job(tmp_path, runner):
     """Rank 1 never reaches the SyncBatchNorm collective: rank 0 times out, prints the fatal line
-    naming the layer and the group, and the job ends. Under `python -m mpi4py` the exception
-    aborts the job; a plain script would hang in MPI_Finalize at exit, and the watchdog ends it."""
+    naming the layer and the group, and the job ends with exit 1. Under `python -m mpi4py` the
+    exception aborts the job; a plain script would hang in MPI_Finalize at exit, and the watchdog's
+    SIGALRM ends it: Open MPI then reports 142, which the launcher turns into 1 (the documented
+    code of a fatal error) with a line saying so."""
     marker = f"late-{uuid.uuid4().hex}"
     job = tmp_path / "late.py"
     job.write_text(
@@ -269,13 +280,15 @@ def test_a_collective_timeout_prints_the_layer_and_ends_the_job(tmp_path, runner
             marker, input_env={"SYNCNORM_ABORT_GRACE": "2"}, timeout=120)
     took = time.monotonic() - t0
     out = r.stdout + r.stderr
-    assert r.returncode != 0, out
+    assert r.returncode == 1, out
     assert "[syncnorm fatal] world rank 0" in out
     assert ("CollectiveTimeoutError: forward Allreduce of SyncBatchNorm #0 (3 channels) in "
             "ProcessGroup(world, ranks=[0, 1]) did not complete within 2 s") in out
     assert "PAST THE COLLECTIVE" not in out
     if not runner:  # rank 0 hung in MPI_Finalize at exit until the alarm ended it
         assert "signal 14 (Alarm clock)" in out, out
+        assert ("syncnorm-launch: the job ended with status 142 after a rank reported a fatal "
+                "error") in out, out
     assert _leftovers(marker) == []
     print(f"collective timeout 2 s ({' '.join(runner) or 'plain'}): exit {r.returncode} "
           f"after {took:.1f} s")
@@ -307,7 +320,8 @@ def test_fatal_report_watchdog_still_ends_a_process_stuck_at_exit():
     # stuck after its main code ended, in an exit handler: faulthandler's timer (exit 1) or the
     # alarm (SIGALRM) ends it. The case the alarm exists for, a hang inside mpi4py's MPI_Finalize
     # after Python has cancelled faulthandler's timer, is test_a_collective_timeout_prints_the_
-    # layer_and_ends_the_job[plain python] (exit 142 = 128 + SIGALRM from the launcher).
+    # layer_and_ends_the_job[plain python] (Open MPI reports 142 = 128 + SIGALRM; syncnorm-launch
+    # exits 1).
     t0 = time.monotonic()
     r = _fatal_probe("1", "import atexit; atexit.register(time.sleep, 45)")
     assert r.returncode in (1, -14), (r.returncode, r.stderr)
