@@ -43,8 +43,8 @@ def im2col(x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], padding: tu
     """x (N, C, H, W) -> (cols (N*Ho*Wo, kh*kw*C), Ho, Wo), column order (i, j, c).
 
     The input is moved to channels-last once; each of the kh*kw kernel offsets then copies one
-    shifted (N, Ho, Wo, C) block, so the inner copies are runs of C values (about 2x faster than a
-    6-D strided gather in (c, i, j) order)."""
+    shifted (N, Ho, Wo, C) block, so the inner copies are runs of C values rather than a 6-D strided
+    gather in (c, i, j) order."""
     n, c, h, w = x.shape
     ho = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     wo = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
