@@ -18,7 +18,7 @@ import pytest
 from mpich_runtime import mpich_env, mpich_prefix
 from syncnorm.launch.threads import THREAD_VARS, ranks_per_host, thread_limits, usable_cores
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 #: every rank writes the thread variables it sees to DIR/RANK.json (DIR: the first argument)
 SHOW = ("import json, os, sys; from mpi4py import MPI; "
