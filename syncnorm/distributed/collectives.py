@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import comm as _comm
+from . import comm as comm_mod
 from .group import ProcessGroup, as_group
 
 __all__ = ["all_reduce", "all_gather", "broadcast"]
@@ -58,7 +58,7 @@ def all_reduce(values: Any, group: Any = None, op: str = "sum", *, timeout: floa
     t = _timeout(timeout, "all_reduce")
     buf = _buffer(values, "all_reduce", "iuf", inplace)
     if g.size > 1:
-        _comm.allreduce_sum(buf, g.comm, t, label, op)
+        comm_mod.allreduce_sum(buf, g.comm, t, label, op)
     return buf
 
 
@@ -74,7 +74,7 @@ def all_gather(values: Any, group: Any = None, *, timeout: float | None = None,
     buf = _buffer(values, "all_gather", "biuf", False)
     if g.size == 1:
         return buf[None]
-    return _comm.allgather(buf, g.comm, t, label)
+    return comm_mod.allgather(buf, g.comm, t, label)
 
 
 def broadcast(values: Any, group: Any = None, root: int = 0, *, timeout: float | None = None,
@@ -91,13 +91,13 @@ def broadcast(values: Any, group: Any = None, root: int = 0, *, timeout: float |
     t = _timeout(timeout, "broadcast")
     buf = _buffer(values, "broadcast", "biuf", inplace)
     if g.size > 1:
-        _comm.broadcast(buf, g.comm, int(root), t, label)
+        comm_mod.broadcast(buf, g.comm, int(root), t, label)
     return buf
 
 
 def _timeout(timeout: float | None, what: str) -> float | None:
     if timeout is None:
-        return _comm.default_timeout()
+        return comm_mod.default_timeout()
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise ValueError(f"{what}: timeout must be a number of seconds > 0 (or None), got {timeout!r}")
     return float(timeout)
