@@ -1,4 +1,4 @@
-"""`python -m syncnorm.check` (this module is `syncnorm.training.check`): SyncBatchNorm across the ranks of this job against single-process
+"""`python -m syncnorm.check`: SyncBatchNorm across the ranks of this job against single-process
 BatchNorm on the whole batch.
 
 Every rank draws the same global batch (same seed) and keeps an uneven shard of it (one rank may

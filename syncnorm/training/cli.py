@@ -52,6 +52,9 @@ class _Parser(argparse.ArgumentParser):
             self.print_usage(sys.stderr)
             sys.stderr.write(f"{self.prog}: error: {message}\n")
             sys.stderr.flush()
+        if info is not None and info.size != 1:
+            from .run import exit_together  # starts MPI: a rank that left first could end the
+            exit_together()                 # job before rank 0 has printed
         raise SystemExit(2)
 
 

@@ -23,115 +23,29 @@ import argparse
 import math
 import sys
 import time
-import zlib
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from .. import nn
-from ..checkpoint import CheckpointError, load_training_checkpoint, save_training_checkpoint
-from ..data import Digits, load_digits
-from ..distributed import all_gather
+from ..data import load_digits
 from ..distributed.env import launcher_info
-from ..distributed.group import ProcessGroup, get_world_group
+from ..distributed.group import get_world_group
 from ..nn.sync_batchnorm import SyncBatchNorm
-from ..optim import SGD
-from ..parallel import DistributedDataParallel, DistributedSampler
+from ..parallel import DistributedSampler
 from . import cli, numerics
-from .checkpoint_dir import CheckpointDirError, checkpoint_bytes, prepare
+from .checkpointing import check_checkpoint_dir, resume, save
 from .cli import UsageError
 from .progress import Progress, format_table
-from .trainer import (ModelConfig, allreduce, build_model, describe_bn, evaluate, lr_at,
-                      make_optimizer, rank_batch, sync_group, train_step, wrap)
+from .run import Model, Position, Run, Stop, Tally, exit_together, model_config
+from .trainer import (allreduce, build_model, describe_bn, evaluate, lr_at, make_optimizer, rank_batch,
+                      sync_group, train_step, wrap)
 
 __all__ = ["main", "parse_args"]
-
-CHECKPOINT_NAME = "checkpoint.npz"
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The options, every value checked (exit 2 with the accepted range on a bad one)."""
     return cli.parse_args(argv, __doc__.split("\n\n")[0])
 
-
-
-@dataclass
-class Run:
-    """What the steps of a run share: its arguments, its ranks and groups, and its data."""
-
-    args: argparse.Namespace
-    world: ProcessGroup
-    bn_group: ProcessGroup | None  # None: local BatchNorm
-    bn: str  # how the BatchNorm layers synchronize, for the messages
-    data: Digits
-    x_train: np.ndarray  # (n_train, 1, 8, 8)
-    y_train: np.ndarray  # (n_train,)
-    numerics: list[dict[str, Any]]  # every rank's numerical environment (see numerics.py)
-
-    @property
-    def ckpt(self) -> Path | None:
-        """DIR/checkpoint.npz, or None without --checkpoint-dir."""
-        d = self.args.checkpoint_dir
-        return d / CHECKPOINT_NAME if d is not None else None
-
-    def say(self, *parts: Any) -> None:
-        """Print on rank 0 only."""
-        if self.world.rank == 0:
-            print(*parts, flush=True)
-
-
-@dataclass
-class Model:
-    """The model being trained and what updates it."""
-
-    model: nn.Module
-    opt: SGD
-    crit: nn.CrossEntropyLoss
-    sampler: DistributedSampler
-    steps_per_epoch: int
-    total_steps: int
-    net: DistributedDataParallel | None = None  # the DDP wrapper, once the state is final
-
-
-@dataclass
-class Position:
-    """Where the run is: what a checkpoint must carry besides the model and the optimizer."""
-
-    epoch: int = 0
-    step_in_epoch: int = 0
-    global_step: int = 0
-    epoch_loss: np.ndarray = field(default_factory=lambda: np.zeros(2))  # this rank's loss sum, count
-
-
-@dataclass
-class Tally:
-    """What the epoch loop measured, for the final report."""
-
-    t_train: float = 0.0
-    samples_done: int = 0
-    steps_run: int = 0
-    last_epoch_loss: float = float("nan")
-    collectives: tuple[int, int] = (0, 0)  # DDP, SyncBatchNorm collectives issued by the loop
-    stopped: bool = False
-
-    @property
-    def rate(self) -> float:
-        """Training samples per second, all ranks together."""
-        return self.samples_done / max(self.t_train, 1e-9)
-
-
-class Stop(Exception):
-    """Ends the job with exit status `code`; what went wrong was printed already."""
-
-    def __init__(self, code: int) -> None:
-        super().__init__(code)
-        self.code = code
-
-
-#: exit status of a checkpoint that could not be written
-SAVE_FAILED = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         m.net = wrap(m.model, run.world, run.bn_group, args.bucket_cap_mb)
         tally = train_epochs(run, m, pos)
     except Stop as e:
+        exit_together()  # the message is out before any rank ends the job
         return e.code
     if tally.stopped:
         run.say(f"stopped after step {pos.global_step} as asked (--stop-after-step); checkpoint in "
@@ -177,39 +92,6 @@ def set_up(args: argparse.Namespace) -> Run:
     return run
 
 
-def report_once(world: ProcessGroup, message: str | None, line: str = "{}") -> bool:
-    """Collective: whether any rank has a `message` (a failure). Each distinct message is printed
-    to stderr once, formatted by `line`, by the lowest rank that has it."""
-    code = (zlib.crc32(message.encode()) | 1) if message is not None else 0
-    codes = all_gather(np.array([code], np.int64), world, label="failure report Allgather")[:, 0]
-    if message is not None and code not in codes[:world.rank]:
-        print(line.format(message, rank=world.rank), file=sys.stderr, flush=True)
-    return bool(np.any(codes))
-
-
-def check_checkpoint_dir(run: Run) -> None:
-    """--checkpoint-dir, before any training: rank 0 checks the directory (see checkpoint_dir.py)
-    and removes temporary files of an interrupted save; exit 2 on every rank when it cannot hold
-    checkpoints."""
-    if run.ckpt is None:
-        return
-    missing = _no_checkpoint(run.ckpt) if run.args.resume and not run.ckpt.exists() else None
-    if report_once(run.world, missing, "rank {rank}: {}"):  # before anything is created
-        raise Stop(2)
-    error, removed = None, []
-    if run.world.rank == 0:
-        need = checkpoint_bytes(build_model(_config(run.args), None, convert=False))
-        try:
-            removed = prepare(run.ckpt, need)
-        except CheckpointDirError as e:
-            error = str(e)
-    if report_once(run.world, error, "syncnorm-train: error: --checkpoint-dir: {}"):
-        raise Stop(2)
-    if removed:
-        run.say(f"removed {len(removed)} temporary file(s) left by an interrupted save: "
-                f"{', '.join(p.name for p in removed)}")
-
-
 def check_equivalence_first(run: Run) -> int:
     """--check-equivalence K: K steps on the P ranks against one process with batch P*B. Returns 1
     when SyncBatchNorm over all ranks did not follow the single process, else 0."""
@@ -217,7 +99,7 @@ def check_equivalence_first(run: Run) -> int:
     if args.check_equivalence <= 0:
         return 0
     from .equivalence import check_equivalence
-    res = check_equivalence(_config(args), run.x_train, run.y_train, args.check_equivalence,
+    res = check_equivalence(model_config(args), run.x_train, run.y_train, args.check_equivalence,
                             args.batch_size, world, bn_group, args.bucket_cap_mb)
     run.say(res.line(run.bn))
     run.say(f"EQUIVALENCE ranks={world.size} bn={'sync' if bn_group is not None else 'local'} "
@@ -229,108 +111,12 @@ def check_equivalence_first(run: Run) -> int:
 def build_model_and_optimizer(run: Run) -> Model:
     """The model (SyncBatchNorm over the run's group), SGD, the loss and this rank's sampler."""
     args, world = run.args, run.world
-    cfg = _config(args)
+    cfg = model_config(args)
     model = build_model(cfg, run.bn_group)
     sampler = DistributedSampler(len(run.y_train), world.size, world.rank, shuffle=True, seed=args.seed)
     steps_per_epoch = math.ceil(len(sampler) / args.batch_size)
     return Model(model, make_optimizer(model, cfg), nn.CrossEntropyLoss(), sampler, steps_per_epoch,
                  steps_per_epoch * args.epochs)
-
-
-def resume(run: Run, m: Model) -> Position:
-    """Load the checkpoint into the model and optimizer; the position to go on from. Collective:
-    when any rank cannot resume, every rank exits with status 2 (each distinct reason printed once)."""
-    pos, refusal, warning = Position(), None, None
-    try:
-        pos, warning = _load(run, m)
-    except CheckpointError as e:
-        refusal = str(e)
-    if report_once(run.world, refusal, "rank {rank}: {}"):
-        raise Stop(2)
-    report_once(run.world, warning, "rank {rank}: {}")
-    return pos
-
-
-def _load(run: Run, m: Model) -> tuple[Position, str | None]:
-    """This rank's part of `resume`: the position, and a warning to print (--allow-env-change)."""
-    ckpt = run.ckpt
-    assert ckpt is not None  # parse_args requires --checkpoint-dir with --resume(-if-exists)
-    if not ckpt.exists():
-        if run.args.resume:  # it was there when the job started
-            raise CheckpointError(_no_checkpoint(ckpt))
-        run.say(f"no checkpoint at {ckpt} yet: starting from the beginning (--resume-if-exists)")
-        return Position(), None
-    try:
-        meta = load_training_checkpoint(ckpt, m.model, m.opt)
-    except CheckpointError as e:
-        raise CheckpointError(f"cannot resume: {e}") from None
-    missing = [k for k in ("run", "epoch", "step_in_epoch", "global_step", "sampler", "epoch_loss")
-               if k not in meta]
-    if not missing and not isinstance(meta["run"], dict):
-        missing = ["run"]
-    if missing:  # a valid checkpoint, but not one syncnorm-train wrote
-        raise CheckpointError(f"cannot resume from {ckpt}: it was not written by syncnorm-train (its "
-                              f"metadata lacks {', '.join(missing)})")
-    identity = _run_identity(run.args, run.world, len(run.y_train))
-    diff = {k: (meta["run"].get(k), v) for k, v in identity.items() if meta["run"].get(k) != v}
-    if diff:
-        raise CheckpointError(f"cannot resume from {ckpt}: it was written by a different run (saved vs "
-                              f"now: {diff})")
-    warning = _check_numerics(run, meta.get("numerics"))
-    m.sampler.load_state_dict(meta["sampler"])
-    pos = Position(meta["epoch"], meta["step_in_epoch"], meta["global_step"],
-                   np.array(meta["epoch_loss"][run.world.rank], dtype=np.float64))
-    run.say(f"resumed from {ckpt} at epoch {pos.epoch + 1}, step {pos.global_step}/{m.total_steps}")
-    return pos, warning
-
-
-def _no_checkpoint(ckpt: Path) -> str:
-    return (f"cannot resume: no checkpoint at {ckpt} (--resume-if-exists starts from the beginning "
-            "when there is none)")
-
-
-def _check_numerics(run: Run, saved: Any) -> str | None:
-    """Refuse a checkpoint written in another numerical environment, unless --allow-env-change;
-    then return the warning that the results will differ."""
-    ckpt, rank = run.ckpt, run.world.rank
-    diff = numerics.differences(saved.get("ranks") if isinstance(saved, dict) else None,
-                                run.numerics, rank)
-    if not diff:
-        return None
-    allow = run.args.allow_env_change
-    if "record" in diff and not allow:
-        raise CheckpointError(f"cannot resume from {ckpt}: it does not record the numerical environment "
-                              "it was written in (an older syncnorm wrote it), so continuing bitwise "
-                              "cannot be checked; pass --allow-env-change to resume anyway")
-    if not allow:
-        raise CheckpointError(f"cannot resume from {ckpt}: it was written in another numerical "
-                              "environment, so the run would not continue bitwise as if never "
-                              f"interrupted (saved vs now: {diff}); resume in the environment it "
-                              "records, or pass --allow-env-change to accept results that differ")
-    what = "no record" if "record" in diff else f"saved vs now: {diff}"
-    return (f"resuming from {ckpt} in another numerical environment ({what}) as --allow-env-change "
-            "allows: the results will differ from an uninterrupted run's")
-
-
-def save(run: Run, m: Model, pos: Position, tag: str) -> None:
-    """Write the checkpoint (collective: every rank's loss sums travel to rank 0, which writes).
-    A failed write ends the job on every rank with status 3, one line from rank 0."""
-    if run.ckpt is None:
-        return
-    losses = all_gather(pos.epoch_loss.astype(np.float64), run.world, label="checkpoint loss Allgather")
-    error = None
-    if run.world.rank == 0:
-        meta = {"epoch": pos.epoch, "step_in_epoch": pos.step_in_epoch, "global_step": pos.global_step,
-                "sampler": m.sampler.state_dict(), "epoch_loss": losses.tolist(),
-                "run": _run_identity(run.args, run.world, len(run.y_train)), "tag": tag,
-                "numerics": {"dtype": run.args.dtype, "world_size": run.world.size,
-                             "ranks": run.numerics}}
-        try:
-            save_training_checkpoint(run.ckpt, m.model, m.opt, meta)
-        except CheckpointError as e:
-            error = str(e)
-    if report_once(run.world, error, "syncnorm-train: CheckpointError: {}"):
-        raise Stop(SAVE_FAILED)
 
 
 def _progress(run: Run, m: Model) -> Progress:
@@ -425,19 +211,6 @@ def final_report(run: Run, m: Model, tally: Tally) -> int:
         run.say(f"test accuracy {test_acc:.4f} is below --require-accuracy {args.require_accuracy}")
         return 1
     return 0
-
-
-def _config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(width=args.width, dropout=args.dropout, dtype=args.dtype, seed=args.seed,
-                       lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                       nesterov=args.nesterov)
-
-
-def _run_identity(args: argparse.Namespace, world: ProcessGroup, n_train: int) -> dict[str, Any]:
-    """What must match for a checkpoint to be resumed bitwise."""
-    return {"world_size": world.size, "batch_size": args.batch_size, "epochs": args.epochs,
-            "n_train": n_train, "sync_group_size": args.sync_group_size, "lr_schedule": args.lr_schedule,
-            **{k: v for k, v in vars(_config(args)).items() if k != "lr"}, "lr": args.lr}
 
 
 def _sync_collectives(model: nn.Module) -> int:
