@@ -13,6 +13,8 @@ import pytest
 # hold "mpi") or "torch" (on sys.path it would shadow the real torch as a namespace package).
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
+from host_state import leftovers, render, snapshot  # noqa: E402  (found through the line above)
+
 
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False,
@@ -41,6 +43,30 @@ def pytest_unconfigure(config):
             print(f"\n[conftest] Open MPI session directories left by killed launchers: "
                   f"{', '.join(left)}", file=sys.stderr)
         shutil.rmtree(d, ignore_errors=True)
+
+
+_HOST_BEFORE: dict[str, list[str]] = {}
+
+
+def _is_mpi_worker(config) -> bool:
+    """A pytest run on an MPI rank (tests/support/mpi_workers): the run that started it checks."""
+    return "--with-mpi" in config.invocation_params.args
+
+
+def pytest_sessionstart(session):
+    if not _is_mpi_worker(session.config):
+        _HOST_BEFORE.update(snapshot())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The run fails when it left a daemon, mount, network namespace, link, iptables rule or
+    container on the machine (tests/support/host_state.py says what counts)."""
+    if not _HOST_BEFORE:
+        return
+    left = {k: v for k, v in leftovers(_HOST_BEFORE, snapshot(), f"sn{os.getpid()}").items() if v}
+    if left:
+        print(f"\n[conftest] the test run left this on the machine:\n{render(left)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):

@@ -20,11 +20,14 @@ from pathlib import Path
 
 import pytest
 
-from doc_blocks import DOCS, PYTHON, ROOT, SHELL, Block, all_blocks, page_files, runs_test_suite
+from doc_blocks import (DOCKER_STEPS, DOCS, PYTHON, ROOT, SHELL, Block, all_blocks, page_files,
+                        runs_test_suite)
 from mpi_harness import run_mpi
 
-#: python blocks that a later shell block of their page runs are covered by that block
-EXAMPLES = [b for b in all_blocks() if b.runs and not (b.lang in PYTHON and b.run_by_shell)]
+#: python blocks that a later shell block of their page runs are covered by that block; blocks that
+#: need a Docker daemon are run by tests/cluster/test_docker.py
+EXAMPLES = [b for b in all_blocks()
+            if b.runs and not (b.lang in PYTHON and b.run_by_shell) and not b.docker]
 HAS_TORCH = importlib.util.find_spec("torch") is not None
 
 #: the modules whose every public name the API reference documents
@@ -129,6 +132,16 @@ def test_public_names_have_docstrings(mod_name: str) -> None:
 def test_examples_exist() -> None:
     assert len(EXAMPLES) >= 20, f"only {len(EXAMPLES)} runnable examples found under docs/"
     assert any(b.attrs.get("mpi") for b in EXAMPLES), "no multi-rank example"
+
+
+def test_docker_blocks_are_the_docker_pages_steps() -> None:
+    """Blocks marked docker= are left to tests/cluster/test_docker.py, which runs each step of
+    docs/launching/docker.md once: any other use of the mark would run nowhere."""
+    marked = [b for b in all_blocks() if b.docker]
+    for b in marked:
+        assert b.page == "launching/docker.md" and b.lang in SHELL, f"{b.id}: docker= outside its page"
+        assert b.docker in DOCKER_STEPS, f"{b.id}: docker={b.docker} is not one of {DOCKER_STEPS}"
+    assert [b.docker for b in marked] == list(DOCKER_STEPS), [b.docker for b in marked]
 
 
 def test_skips_only_for_the_test_suite() -> None:

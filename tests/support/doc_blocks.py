@@ -14,6 +14,9 @@ Rules (also on the site's "About these docs" page):
   directory first on PATH (`python`, `syncnorm-launch`, `mpirun`).
 * `skip="reason"` is accepted only on a shell block that runs the test suite itself (it names
   `dev.py test` or `pytest`): running it from the test suite would recurse.
+* `docker=STEP` (one of DOCKER_STEPS) marks a shell block of docs/launching/docker.md that needs a
+  Docker daemon and root: tests/cluster/test_docker.py runs those, in page order, against the
+  daemon it starts; tests/docs/test_docs.py does not.
 * Other languages (`text`, `console` transcripts, `toml`, ...) are not code to run.
 """
 from __future__ import annotations
@@ -28,6 +31,8 @@ DOCS = ROOT / "docs"
 
 PYTHON = ("python", "py", "python3")
 SHELL = ("bash", "sh", "shell")
+#: the Docker page's steps, in the order tests/cluster/test_docker.py runs them
+DOCKER_STEPS = ("base", "build", "run", "compose")
 
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>.*)$")
 
@@ -49,6 +54,11 @@ class Block:
     def runs(self) -> bool:
         """Run by the test suite as an example (python or shell)."""
         return self.lang in PYTHON or self.lang in SHELL
+
+    @property
+    def docker(self) -> str | None:
+        """The Docker step this shell block is (run by tests/cluster/test_docker.py), or None."""
+        return self.attrs.get("docker")
 
     @property
     def title(self) -> str | None:
