@@ -180,3 +180,30 @@ def test_two_threads_give_the_same_bits():
     two = _run(code, SYNCNORM_NUM_THREADS="2", SYNCNORM_KERNELS="numba").split()
     assert one[0] == two[0]
     assert "2 threads" in " ".join(two) or numba.config.NUMBA_NUM_THREADS < 2
+
+
+@pytest.mark.parametrize("shape,groups", [((3, 8, 20), 4), ((2, 6, 5), 6), ((4, 3, 1000), 1)],
+                         ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_fused_row_norms_equal_separate_passes(shape, groups, dtype):
+    from syncnorm.functional import norms
+    rng = np.random.default_rng(7)
+    x = (3 + rng.standard_normal(shape)).astype(dtype)
+    C = shape[1]
+    w, b = rng.standard_normal(C), rng.standard_normal(C)
+    with engine.use("numba"):
+        y, mean, var, invstd = norms.channel_step(x, groups, 1e-5, w, b)
+        m2, v2 = norms.row_stats(x.reshape(1, shape[0] * groups, -1))
+        if shape[2] * C // groups >= 16:  # (shorter rows: the statistics step sums by columns)
+            np.testing.assert_array_equal(mean, m2)
+            np.testing.assert_array_equal(var, v2)
+        np.testing.assert_array_equal(y, norms.channel_forward(x, groups, mean, invstd, w, b))
+        x2 = x.reshape(shape[0], -1)
+        D = x2.shape[1]
+        w2, b2 = rng.standard_normal(D), rng.standard_normal(D)
+        y2, mean, var, invstd = norms.element_step(x2, 1e-5, w2, b2)
+    with engine.use("numpy"):  # LayerNorm: the numpy pass rounds differently; close, not equal
+        yr, mr, vr, ir = norms.element_step(x2, 1e-5, w2, b2)
+    np.testing.assert_allclose(mean, mr, rtol=1e-6, atol=1e-6)
+    tol = 2e-5 if dtype == np.float32 else 2e-2
+    np.testing.assert_allclose(y2.astype(np.float64), yr.astype(np.float64), rtol=tol, atol=tol)

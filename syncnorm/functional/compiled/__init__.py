@@ -8,7 +8,7 @@ GroupNorm; loops in `bn_kernels`), `norms` (LayerNorm's per-element passes, `nor
 """
 from __future__ import annotations
 
-from . import batch_norm
+from . import batch_norm, norms
 from ._jit import threads
 
-__all__ = ["batch_norm", "threads"]
+__all__ = ["batch_norm", "norms", "threads"]
