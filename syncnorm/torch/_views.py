@@ -86,12 +86,24 @@ def kernel_view(t: torch.Tensor, layout: str) -> np.ndarray:
     return a.resolve_neg().numpy().reshape(_acm_shape(t.shape, layout))
 
 
+_NUMPY_STORAGE = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+                  torch.bfloat16: np.int16}
+
+
+def _alloc(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty, through numpy's allocator: it asks the kernel for huge pages on large arrays
+    (madvise), so the first write of a new output costs far fewer page faults than torch's
+    4 KiB pages (the larger part of a step's time at ImageNet sizes; docs/performance.md)."""
+    t = torch.from_numpy(np.empty(shape, _NUMPY_STORAGE[dtype]))
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+
 def empty(shape: torch.Size | tuple, dtype: torch.dtype, layout: str) -> torch.Tensor:
     """An uninitialized (N, C, *) tensor whose memory is in `layout`."""
     shape = tuple(int(s) for s in shape)
     if layout == "nc":
-        return torch.empty(shape, dtype=dtype)
-    return torch.empty((shape[0], *shape[2:], shape[1]), dtype=dtype).movedim(-1, 1)
+        return _alloc(shape, dtype)
+    return _alloc((shape[0], *shape[2:], shape[1]), dtype).movedim(-1, 1)
 
 
 def from_kernel_view(arr: np.ndarray, shape: torch.Size | tuple, layout: str) -> torch.Tensor:
