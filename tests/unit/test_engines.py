@@ -194,10 +194,13 @@ def test_fused_row_norms_equal_separate_passes(shape, groups, dtype):
     with engine.use("numba"):
         y, mean, var, invstd = norms.channel_step(x, groups, 1e-5, w, b)
         m2, v2 = norms.row_stats(x.reshape(1, shape[0] * groups, -1))
-        if shape[2] * C // groups >= 16:  # (shorter rows: the statistics step sums by columns)
-            np.testing.assert_array_equal(mean, m2)
-            np.testing.assert_array_equal(var, v2)
+        # the float32 piece sums are vectorized where they are inlined: equal to float32 rounding
+        np.testing.assert_allclose(mean, m2, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(var, v2, rtol=1e-5, atol=1e-7)
+        # the normalize pass is strict IEEE: the same bits from the same statistics
         np.testing.assert_array_equal(y, norms.channel_forward(x, groups, mean, invstd, w, b))
+        y_again = norms.channel_step(x, groups, 1e-5, w, b)[0]
+        np.testing.assert_array_equal(y, y_again)
         x2 = x.reshape(shape[0], -1)
         D = x2.shape[1]
         w2, b2 = rng.standard_normal(D), rng.standard_normal(D)

@@ -25,7 +25,7 @@ from numba.extending import overload
 
 from .. import engine
 
-__all__ = ["kernel", "load", "store", "OPTIONS", "threads"]
+__all__ = ["kernel", "load", "store", "to_work", "OPTIONS", "threads"]
 
 #: numba options of every kernel (see the module docstring)
 OPTIONS: dict[str, Any] = dict(cache=True, nogil=True, fastmath={"reassoc", "contract"},
@@ -86,6 +86,11 @@ def strict(fn: Callable) -> Callable:
 # ------------------------------------------------------------------ 16-bit storage formats
 def load(v):  # pragma: no cover - replaced by the overload inside kernels
     """The stored value `v` in the working dtype (float32 for float16/bfloat16 bits)."""
+    raise NotImplementedError
+
+
+def to_work(v, arr):  # pragma: no cover
+    """`v` in the working dtype of array `arr` (float64 for float64 storage, else float32)."""
     raise NotImplementedError
 
 
@@ -162,3 +167,10 @@ def _store(v, out):
     if dt == types.int16:
         return lambda v, out: _f32_to_bf16(v)
     return None
+
+
+@overload(to_work, jit_options={"cache": True})
+def _to_work(v, arr):
+    if arr.dtype == types.float64:
+        return lambda v, arr: np.float64(v)
+    return lambda v, arr: np.float32(v)

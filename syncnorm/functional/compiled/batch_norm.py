@@ -123,7 +123,8 @@ def backward_reduce(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray
         K.col_grad_sums(_cols(dy3), _cols(x3), np.repeat(mean, M), M,
                         col_tile(A, C, M), g, h)
     else:
-        K.row_grad_sums(raw(dy3), raw(x3), mean, g, h)
+        hi = mean.astype(work_dtype(raw(x3)))
+        K.row_grad_sums(raw(dy3), raw(x3), hi, mean - hi.astype(np.float64), g, h)
     return g, h
 
 

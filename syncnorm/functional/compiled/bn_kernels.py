@@ -1,10 +1,11 @@
 """Compiled BatchNorm loops on (A, C, M) views ("rows", M >= MIN_ROW) and on their (A, C*M)
 column view ("cols", short rows: BatchNorm1d (N, C), channels-last tensors).
 
-Statistics are float64 shifted sums, S1 = sum(x - K), S2 = sum((x - K)^2), formed value by value
-in float64 (the definition, without the numpy kernels' detour through the working dtype): per
-channel a sum per row of M values, the rows added in order; per column a sum down the A rows,
-the M columns of a channel added in order. Fused kernels do the statistics and the elementwise
+Statistics are float64 shifted sums, S1 = sum(x - K), S2 = sum((x - K)^2), with the numpy
+kernels' rule (`moments`): rows are cut into pieces of at most PIECE values, each summed in the
+working dtype about K (or about its own mean when K is far from it) and combined in float64, in
+order; columns (short rows) are summed down the A rows in float64, four rows at a time, and the M
+columns of a channel added in order. Fused kernels do the statistics and the elementwise
 pass of one channel (rows) or one tile of whole channels (cols) while it is in cache, with the same
 summation code and the same per-channel constants as the separate kernels, so fused and separate
 passes agree bit for bit. Elementwise passes run in the working dtype (the dtype of `hw`):
@@ -18,9 +19,12 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._jit import helper, kernel, load, store, strict
+from ._jit import helper, kernel, load, store, strict, to_work
 
 RESHIFT_RATIO = 1e8  # as moments.RESHIFT_RATIO (kept in step by tests/unit/test_engines.py)
+UNCENTRED_LIMIT = 16.0  # as moments.UNCENTRED_LIMIT
+#: longest run of values summed in the working dtype (float32: at most 128 terms per vector lane)
+PIECE = 2048
 
 
 # ---------------------------------------------------------------- per-channel scalars (exact)
@@ -76,103 +80,186 @@ def all_backward_consts(mean, invstd, w, g, h, count, hw, kw, aw, cw):
 
 # ---------------------------------------------------------------- rows: one channel
 @helper
+def _piece_sums(xr, p0, p1, k):
+    """Shifted sums (S1, S2) of xr[p0:p1] about k (float64): summed in the working dtype about k
+    rounded to it, or, for a piece whose mean is more than 4 of its standard deviations from that
+    (or a constant piece), about the piece's own rounded mean; combined in float64 (as
+    `moments._piece_moments`)."""
+    xs = xr[p0:p1]  # (a slice: an index p0 + m would be checked for wrap-around, unvectorized)
+    kw = to_work(k, xr)
+    t1 = to_work(0.0, xr)
+    t2 = to_work(0.0, xr)
+    for m in range(xs.shape[0]):
+        d = load(xs[m]) - kw
+        t1 += d
+        t2 += d * d
+    n = np.float64(p1 - p0)
+    a1 = np.float64(t1)
+    mt = a1 / n
+    centred = np.float64(t2) - a1 * mt
+    if mt * mt > (UNCENTRED_LIMIT / n) * centred:  # NaN compares False: propagates
+        mw = to_work(np.float64(kw) + mt, xr)
+        t1 = to_work(0.0, xr)
+        t2 = to_work(0.0, xr)
+        for m in range(xs.shape[0]):
+            d = load(xs[m]) - mw
+            t1 += d
+            t2 += d * d
+        kw = mw
+        a1 = np.float64(t1)
+    off = np.float64(kw) - k
+    return a1 + n * off, np.float64(t2) + off * (2.0 * a1 + n * off)
+
+
+@helper
 def _chan_sums(x, c, k):
+    """Shifted sums of channel c of x (A, C, M) about k: pieces of at most PIECE values of each
+    row (`_piece_sums`), added in order in float64."""
     s1 = 0.0
     s2 = 0.0
     for a in range(x.shape[0]):
-        r1 = 0.0
-        r2 = 0.0
-        for m in range(x.shape[2]):
-            d = np.float64(load(x[a, c, m])) - k
-            r1 += d
-            r2 += d * d
+        r1, r2 = _row_sums(x[a, c], k)
         s1 += r1
         s2 += r2
     return s1, s2
 
 
 @helper
-def _chan_grad_sums(dy, x, c, mean):
+def _row_sums(xr, k):
+    """One row's contribution to `_chan_sums` (its pieces, added in order)."""
+    s1 = 0.0
+    s2 = 0.0
+    M = xr.shape[0]
+    for p0 in range(0, M, PIECE):
+        r1, r2 = _piece_sums(xr, p0, min(M, p0 + PIECE), k)
+        s1 += r1
+        s2 += r2
+    return s1, s2
+
+
+@helper
+def _row_grad_sums(dr, xr, hi):
+    """One row's (sum(dy), sum(dy * (x - hi))): pieces in the working dtype, added in float64."""
     g = 0.0
     h = 0.0
-    for a in range(x.shape[0]):
-        r1 = 0.0
-        r2 = 0.0
-        for m in range(x.shape[2]):
-            d = np.float64(load(dy[a, c, m]))
+    M = xr.shape[0]
+    for p0 in range(0, M, PIECE):
+        xs = xr[p0:min(M, p0 + PIECE)]
+        ds = dr[p0:min(M, p0 + PIECE)]
+        r1 = to_work(0.0, xr)
+        r2 = to_work(0.0, xr)
+        for m in range(xs.shape[0]):
+            d = load(ds[m])
             r1 += d
-            r2 += d * (np.float64(load(x[a, c, m])) - mean)
-        g += r1
-        h += r2
+            r2 += d * (load(xs[m]) - hi)
+        g += np.float64(r1)
+        h += np.float64(r2)
     return g, h
 
 
 @strict
-def _chan_affine(x, out, c, hv, av, cv):
-    for a in range(x.shape[0]):
-        for m in range(x.shape[2]):
-            out[a, c, m] = store((load(x[a, c, m]) - hv) * av + cv, out)
+def _row_affine(xr, orow, hv, av, cv, out):
+    """orow = (xr - hv) * av + cv (`out`: the array, for its storage format)."""
+    for m in range(xr.shape[0]):
+        orow[m] = store((load(xr[m]) - hv) * av + cv, out)
 
 
 @strict
-def _chan_elemt(dy, x, out, c, hv, kv, av, cv):
-    for a in range(x.shape[0]):
-        for m in range(x.shape[2]):
-            out[a, c, m] = store(load(dy[a, c, m]) * kv + (load(x[a, c, m]) - hv) * av + cv, out)
+def _row_elemt(dr, xr, orow, hv, kv, av, cv, out):
+    for m in range(xr.shape[0]):
+        orow[m] = store(load(dr[m]) * kv + (load(xr[m]) - hv) * av + cv, out)
 
 
 @kernel
 def row_moments(x, shift, s1, s2):
-    """s1[c], s2[c] = shifted sums of channel c of x (A, C, M) about shift[c]."""
-    for c in prange(x.shape[1]):
-        s1[c], s2[c] = _chan_sums(x, c, shift[c])
+    """s1[c], s2[c] = shifted sums of channel c of x (A, C, M) about shift[c]. In memory order
+    (sample by sample: the prefetcher streams), adding each channel's rows in the same order as
+    `_chan_sums`, so the sums are the same bits."""
+    s1[:] = 0.0
+    s2[:] = 0.0
+    for a in range(x.shape[0]):
+        for c in prange(x.shape[1]):
+            r1, r2 = _row_sums(x[a, c], shift[c])
+            s1[c] += r1
+            s2[c] += r2
 
 
 @kernel
-def row_grad_sums(dy, x, mean, g, h):
-    """g[c] = sum(dy), h[c] = sum(dy * (x - mean[c])) over channel c, float64."""
-    for c in prange(x.shape[1]):
-        g[c], h[c] = _chan_grad_sums(dy, x, c, mean[c])
+def row_grad_sums(dy, x, hi, lo, g, h):
+    """g[c] = sum(dy), h[c] = sum(dy * (x - mean[c])) over channel c, float64, for the mean split
+    as hi (working dtype) + lo (float64); memory order."""
+    C = x.shape[1]
+    g[:] = 0.0
+    h[:] = 0.0
+    for a in range(x.shape[0]):
+        for c in prange(C):
+            r1, r2 = _row_grad_sums(dy[a, c], x[a, c], hi[c])
+            g[c] += r1
+            h[c] += r2
+    for c in range(C):
+        h[c] -= lo[c] * g[c]
 
 
 @kernel
 def row_affine(x, out, hw, aw, cw):
-    """out = (x - hw) * aw + cw per channel; x, out (A, C, M)."""
-    for c in prange(x.shape[1]):
-        _chan_affine(x, out, c, hw[c], aw[c], cw[c])
+    """out = (x - hw) * aw + cw per channel; x, out (A, C, M); memory order."""
+    for a in range(x.shape[0]):
+        for c in prange(x.shape[1]):
+            _row_affine(x[a, c], out[a, c], hw[c], aw[c], cw[c], out)
 
 
 @kernel
 def row_elemt(dy, x, out, hw, kw, aw, cw):
-    """out = dy * kw + (x - hw) * aw + cw per channel."""
-    for c in prange(x.shape[1]):
-        _chan_elemt(dy, x, out, c, hw[c], kw[c], aw[c], cw[c])
+    """out = dy * kw + (x - hw) * aw + cw per channel; memory order."""
+    for a in range(x.shape[0]):
+        for c in prange(x.shape[1]):
+            _row_elemt(dy[a, c], x[a, c], out[a, c], hw[c], kw[c], aw[c], cw[c], out)
 
 
 @kernel
 def row_forward(x, shift, w, b, eps, out, mean, var, invstd, hw, aw, cw, poor):
-    """Local BatchNorm forward, one channel at a time in cache: statistics about shift[c], then
-    out = (x - mean) * invstd * w + b. A channel whose shift was far off (poor[c] = 1) is left
-    unnormalized: the caller then runs the separate passes."""
+    """Local BatchNorm forward in one call: the statistics (as `row_moments`), the per-channel
+    constants, then out = (x - mean) * invstd * w + b (as `row_affine`), both passes in memory
+    order (an input that fits the last-level cache is read from memory once). Channels whose shift
+    was far off (poor[c] = 1) are left unnormalized: the caller then runs the statistics step."""
     A, C, M = x.shape
-    for c in prange(C):
-        s1, s2 = _chan_sums(x, c, shift[c])
-        mean[c], var[c], invstd[c], bad = stats(np.float64(A * M), s1, s2, shift[c], eps)
-        poor[c] = bad
-        if not bad:
-            forward_consts(mean[c], invstd[c], w[c], b[c], hw, aw, cw, c)
-            _chan_affine(x, out, c, hw[c], aw[c], cw[c])
+    s1 = np.zeros(C)
+    s2 = np.zeros(C)
+    for a in range(A):
+        for c in prange(C):
+            r1, r2 = _row_sums(x[a, c], shift[c])
+            s1[c] += r1
+            s2[c] += r2
+    for c in range(C):
+        mean[c], var[c], invstd[c], poor[c] = stats(np.float64(A * M), s1[c], s2[c], shift[c], eps)
+        forward_consts(mean[c], invstd[c], w[c], b[c], hw, aw, cw, c)
+    if not poor.any():
+        for a in range(A):
+            for c in prange(C):
+                _row_affine(x[a, c], out[a, c], hw[c], aw[c], cw[c], out)
 
 
 @kernel
 def row_backward(dy, x, mean, invstd, w, out, g, h, hw, kw, aw, cw):
-    """Local BatchNorm input gradient, one channel at a time in cache: g, h (float64 sums), then
-    out = dx from them (count = A * M)."""
+    """Local BatchNorm input gradient in one call: g, h (as `row_grad_sums`), the constants
+    (count = A * M), then out = dx (as `row_elemt`)."""
     A, C, M = x.shape
-    for c in prange(C):
-        g[c], h[c] = _chan_grad_sums(dy, x, c, mean[c])
+    hi = np.empty(C, hw.dtype)
+    for c in range(C):
+        hi[c] = mean[c]
+    g[:] = 0.0
+    h[:] = 0.0
+    for a in range(A):
+        for c in prange(C):
+            r1, r2 = _row_grad_sums(dy[a, c], x[a, c], hi[c])
+            g[c] += r1
+            h[c] += r2
+    for c in range(C):
+        h[c] -= (mean[c] - np.float64(hi[c])) * g[c]
         backward_consts(mean[c], invstd[c], w[c], g[c], h[c], np.float64(A * M), hw, kw, aw, cw, c)
-        _chan_elemt(dy, x, out, c, hw[c], kw[c], aw[c], cw[c])
+    for a in range(A):
+        for c in prange(C):
+            _row_elemt(dy[a, c], x[a, c], out[a, c], hw[c], kw[c], aw[c], cw[c], out)
 
 
 # ---------------------------------------------------------------- cols: tiles of whole channels
