@@ -47,9 +47,17 @@ def col_tile(A: int, C: int, M: int) -> int:
     return ch * M
 
 
+def _src(a: np.ndarray) -> np.ndarray:
+    """An input of a summing kernel, C-contiguous (a copy otherwise): numba compiles strided
+    arrays separately and may vectorize their sums differently, and a strided input must give the
+    same bits as its contiguous copy."""
+    return raw(np.ascontiguousarray(a))
+
+
 def _cols(a: np.ndarray) -> np.ndarray:
+    """(A, C, M) as the C-contiguous (A, C*M) column view (outputs given here are contiguous)."""
     A, C, M = a.shape
-    return raw(a).reshape(A, C * M)
+    return _src(a).reshape(A, C * M)
 
 
 def _vec(v: np.ndarray | None, C: int, fill: float) -> np.ndarray:
@@ -66,7 +74,7 @@ def moments(x3: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if M < MIN_ROW:
         K.col_moments(_cols(x3), np.repeat(shift, M), M, col_tile(A, C, M), s1, s2)
     else:
-        K.row_moments(raw(x3), shift, s1, s2)
+        K.row_moments(_src(x3), shift, s1, s2)
     return s1, s2
 
 
@@ -124,7 +132,7 @@ def backward_reduce(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray
                         col_tile(A, C, M), g, h)
     else:
         hi = mean.astype(work_dtype(raw(x3)))
-        K.row_grad_sums(raw(dy3), raw(x3), hi, mean - hi.astype(np.float64), g, h)
+        K.row_grad_sums(_src(dy3), _src(x3), hi, mean - hi.astype(np.float64), g, h)
     return g, h
 
 
@@ -186,7 +194,7 @@ def forward_local(x3: np.ndarray, shift: np.ndarray, weight: np.ndarray | None,
         K.col_forward(_cols(x3), np.repeat(shift, M), M, col_tile(A, C, M),
                       w, b, float(eps), _cols(out3), mean, var, invstd, hw, aw, cw, poor)
     else:
-        K.row_forward(raw(x3), shift, w, b, float(eps), raw(out3), mean, var, invstd, hw, aw, cw,
+        K.row_forward(_src(x3), shift, w, b, float(eps), raw(out3), mean, var, invstd, hw, aw, cw,
                       poor)
     return None if poor.any() else (mean, var, invstd)
 
@@ -207,7 +215,7 @@ def backward_local(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
                        col_tile(A, C, M), invstd, w, _cols(out3), g, h,
                        hw, kw, aw, cw)
     else:
-        K.row_backward(raw(dy3), raw(x3), mean, invstd, w, raw(out3), g, h, hw, kw, aw, cw)
+        K.row_backward(_src(dy3), _src(x3), mean, invstd, w, raw(out3), g, h, hw, kw, aw, cw)
     return g, h
 
 
