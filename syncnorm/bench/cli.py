@@ -7,7 +7,10 @@ counted under MPI and projected to 1024 ranks; peak memory.
 
 Writes DIR/bench.json, DIR/bench_tables.md and (with matplotlib) DIR/bench_*.png, and prints the
 tables. `--quick` runs tiny shapes with few repetitions (seconds; for tests). One thread
-throughout: OMP/OPENBLAS/MKL_NUM_THREADS=1 before numpy loads, torch.set_num_threads(1).
+throughout: OMP/OPENBLAS/MKL_NUM_THREADS=1 before numpy loads, torch.set_num_threads(1); with
+SYNCNORM_NUM_THREADS=n the compiled kernels and torch both get n threads (time them with
+--clock wall: the CPU clock counts the main thread only). The kernel engine is printed; with the
+compiled one the numpy kernels are timed beside it.
 """
 from __future__ import annotations
 
@@ -64,6 +67,21 @@ def _ours(m: Any, x: Any, dy: Any) -> dict:
             "both": timed(None, lambda _: (m(x), m.backward(dy)))}
 
 
+def _ours_numpy(m: Any, x: Any, dy: Any) -> dict:
+    """The layer with the numpy kernels (the reference engine), beside the compiled ones."""
+    from syncnorm.functional import engine
+
+    def on_numpy(f: Any) -> Any:
+        def run(*arg: Any) -> Any:
+            with engine.use("numpy"):
+                return f(*arg)
+        return run
+    from .timing import timed
+    return {"forward": timed(None, on_numpy(lambda _: m(x))),
+            "backward": timed(on_numpy(lambda: m(x)), on_numpy(lambda _: m.backward(dy))),
+            "both": timed(None, on_numpy(lambda _: (m(x), m.backward(dy))))}
+
+
 def _torch(t: Any, m: Any, x: Any, dy: Any) -> dict:
     from .timing import timed
     xt = t.from_numpy(x).requires_grad_(True)
@@ -94,6 +112,8 @@ def time_layers(specs: list, torch: Any, rounds: int, block: int, clock: str,
     from . import floor as F
     from .timing import Candidate, measure
 
+    from syncnorm.functional import engine
+
     copy, moved = F.copy_candidate(copy_bytes)
     entries, bandwidths = [], []
     for spec in specs:
@@ -101,6 +121,8 @@ def time_layers(specs: list, torch: Any, rounds: int, block: int, clock: str,
         x = rng.normal(0.5, 2.0, spec.shape).astype(np.float32)
         dy = rng.normal(0.0, 1.0, spec.shape).astype(np.float32)
         impls: dict[str, dict] = {"syncnorm": _ours(spec.ours(), x, dy)}
+        if engine.name() != "numpy":  # the compiled engine runs: time the numpy kernels too
+            impls["numpy-kernels"] = _ours_numpy(spec.ours(), x, dy)
         tb = spec.textbook()
         impls["textbook"] = _ours(_Callable(tb), x, dy)
         if torch is not None:
@@ -116,11 +138,14 @@ def time_layers(specs: list, torch: Any, rounds: int, block: int, clock: str,
         for p in PASS_NAMES:
             fl = F.floor_seconds(p, x.nbytes, bw)
             cand = {impl: ({k: s.to_json() for k, s in stats[f"{impl}/{p}"].items()}
-                           if impl in impls else None) for impl in ("syncnorm", "textbook", "torch")}
+                           if impl in impls else None)
+                    for impl in ("syncnorm", "numpy-kernels", "textbook", "torch")}
             med = {impl: (c[clock]["median_s"] if c else None) for impl, c in cand.items()}
             ratios = {f"{impl}/floor": (m / fl if m else None) for impl, m in med.items()}
             ratios["syncnorm/torch"] = med["syncnorm"] / med["torch"] if med["torch"] else None
             ratios["textbook/torch"] = med["textbook"] / med["torch"] if med["torch"] else None
+            nk = med["numpy-kernels"]
+            ratios["numpy-kernels/torch"] = nk / med["torch"] if nk and med["torch"] else None
             entries.append({"key": spec.key, "layer": spec.layer, "label": spec.label,
                             "shape": list(spec.shape), "shape_text": _shape_text(spec.shape),
                             "dtype": "float32", "pass": p, "input_bytes": x.nbytes,
@@ -246,7 +271,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpu": F.cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
         "numpy": np.__version__, "torch": getattr(torch, "__version__", None),
-        "torch_note": torch_note, "threads": {v: os.environ.get(v) for v in
+        "torch_note": torch_note, "kernels": _engine_line(),
+        "threads": {v: os.environ.get(v) for v in
                                               ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                "MKL_NUM_THREADS")},
         "clock": args.clock,
@@ -277,6 +303,12 @@ def run(args: argparse.Namespace, log=print) -> dict:
     res["meta"]["load_average_end"] = _loadavg()
     res["notes"] = notes
     return res
+
+
+def _engine_line() -> str:
+    """The kernel engine syncnorm's layers run (SYNCNORM_KERNELS; the "syncnorm" column)."""
+    from syncnorm.functional import engine
+    return engine.describe()
 
 
 def _loadavg() -> list[float] | None:

@@ -85,8 +85,10 @@ def load_torch() -> tuple[Any, str]:
         import torch
     except ImportError:
         return None, "torch is not installed: the torch column is skipped (pip install torch)"
-    torch.set_num_threads(1)
-    return torch, f"torch {torch.__version__} (CPU, 1 thread)"
+    from syncnorm.functional import engine
+    n = engine.num_threads()  # SYNCNORM_NUM_THREADS: torch gets as many threads as our kernels
+    torch.set_num_threads(n)
+    return torch, f"torch {torch.__version__} (CPU, {n} thread{'s' if n > 1 else ''})"
 
 
 def _key(layer: str, shape: tuple[int, ...]) -> str:

@@ -13,6 +13,8 @@ from typing import Any
 __all__ = ["terminal_tables", "markdown_tables", "write_json", "plot_all", "CANDIDATE_LABELS"]
 
 CANDIDATE_LABELS = {"syncnorm": "syncnorm", "textbook": "numpy textbook", "torch": "torch 1-thread"}
+#: the numpy kernels, timed beside the compiled ones (when those run)
+ENGINE_LABEL = "numpy-kernels"
 PASSES = ("forward", "backward", "both")
 
 
@@ -33,6 +35,37 @@ def _row_values(entry: dict, clock: str) -> dict:
     return out
 
 
+def _engine_rows(res: dict, clock: str, markdown: bool) -> list[str]:
+    """Both kernel engines side by side (when the compiled one ran): ms and ratio to torch."""
+    rows = [e for e in res["layers"] if (e["candidates"].get(ENGINE_LABEL) or {}).get(clock)]
+    if not rows:
+        return []
+    if markdown:
+        out = ["", f"Kernel engines ({res['meta'].get('kernels')} vs the numpy kernels):", "",
+               "| layer | input | pass | compiled ms | numpy kernels ms | torch ms | "
+               "compiled / torch | numpy kernels / torch | compiled / floor |",
+               "|---|---|---|---|---|---|---|---|---|"]
+    else:
+        out = ["", f"kernel engines: {res['meta'].get('kernels')} vs the numpy kernels",
+               f"{'layer':34s} {'pass':8s} {'compiled ms':>11s} {'numpy ms':>9s} {'torch ms':>9s} "
+               f"{'comp/torch':>10s} {'np/torch':>9s} {'comp/floor':>10s}"]
+    for e in rows:
+        c = e["candidates"]
+        med = [None if c.get(k) is None else c[k][clock]["median_s"]
+               for k in ("syncnorm", ENGINE_LABEL, "torch")]
+        r = e["ratios"]
+        vals = [_ms(m) if m is not None else "-" for m in med]
+        rats = [_x(r.get("syncnorm/torch")), _x(r.get(f"{ENGINE_LABEL}/torch")),
+                _x(r.get("syncnorm/floor"))]
+        if markdown:
+            out.append(f"| {e['label']} | {e['shape_text']} | {e['pass']} | "
+                       + " | ".join(vals + rats) + " |")
+        else:
+            out.append(f"{e['label'] + ' ' + e['shape_text']:34s} {e['pass']:8s} {vals[0]:>11s} "
+                       f"{vals[1]:>9s} {vals[2]:>9s} {rats[0]:>10s} {rats[1]:>9s} {rats[2]:>10s}")
+    return out
+
+
 def terminal_tables(res: dict) -> str:
     """Plain-text tables: times (median and IQR, ms) per layer and pass, ratios to the floor and
     to torch; communication; memory."""
@@ -43,7 +76,8 @@ def terminal_tables(res: dict) -> str:
              f"{res['meta']['clock_text']}; floor: {res['floor']['bandwidth_GBps']:.1f} GB/s copy "
              f"({res['floor']['array_MiB']:.0f} MiB arrays); load average (1/5/15 min) at start "
              f"{res['meta'].get('load_average_start')}, end {res['meta'].get('load_average_end')} "
-             f"on {res['meta']['cores']} cores", ""]
+             f"on {res['meta']['cores']} cores",
+             f"kernels: {res['meta'].get('kernels', 'numpy')}", ""]
     hdr = (f"{'layer':34s} {'pass':8s} {'syncnorm ms':>17s} {'textbook ms':>17s} "
            f"{'torch ms':>17s} {'floor ms':>8s} {'ours/floor':>10s} {'ours/torch':>10s} "
            f"{'text/floor':>10s} {'torch/floor':>11s}")
@@ -60,6 +94,7 @@ def terminal_tables(res: dict) -> str:
                      f"{_ms(e['floor_s']):>8s} {_x(r.get('syncnorm/floor')):>10s} "
                      f"{_x(r.get('syncnorm/torch')):>10s} {_x(r.get('textbook/floor')):>10s} "
                      f"{_x(r.get('torch/floor')):>11s}")
+    lines += _engine_rows(res, clock, markdown=False)
     comm = res.get("comm") or {}
     if comm.get("measured"):
         lines += ["", "SyncBatchNorm communication per step and rank (measured by a counting "
@@ -114,6 +149,7 @@ def markdown_tables(res: dict) -> str:
                    + f" | {_ms(e['floor_s'])} | {_x(r.get('syncnorm/floor'))} | "
                    f"{_x(r.get('syncnorm/torch'))} | {_x(r.get('textbook/floor'))} | "
                    f"{_x(r.get('torch/floor'))} |")
+    out += _engine_rows(res, clock, markdown=True)
     comm = res.get("comm") or {}
     if comm.get("measured"):
         out += ["", "| P | collectives / step | bytes / rank / step | all-gather design bytes | "

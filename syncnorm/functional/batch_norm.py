@@ -14,14 +14,19 @@ reverse order, so it starts on the data `backward_reduce` read last.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from . import engine
 from .blocks import MIN_ROW, REDUCE_BLOCK, piece_bounds, rowdot, work_dtype
 from .columns import col_backward_reduce
 from .elementwise import affine, foldable, split_mean, unbuffered
 from .moments import rows_view
+from .stats import Exchange, Mode, StepPlan, plan_stats
 
-__all__ = ["flatten_spatial", "normalize", "backward_reduce", "backward_elemt", "eval_backward"]
+__all__ = ["flatten_spatial", "normalize", "backward_reduce", "backward_elemt", "eval_backward",
+           "forward", "train_backward"]
 
 
 def flatten_spatial(x: np.ndarray) -> np.ndarray:
@@ -41,6 +46,9 @@ def _per_row(v: np.ndarray, A: int, wd: np.dtype) -> np.ndarray:
 def normalize(x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray, weight: np.ndarray | None,
               bias: np.ndarray | None, out3: np.ndarray | None = None) -> np.ndarray:
     """y = (x - mean) * invstd * weight + bias for x3 (A, C, M); statistics float64 (C,)."""
+    ck = engine.kernels()
+    if ck is not None:
+        return ck.batch_norm.normalize(x3, mean, invstd, weight, bias, out3)
     if out3 is None:
         out3 = np.empty(x3.shape, x3.dtype)
     scale = invstd if weight is None else invstd * weight
@@ -64,6 +72,9 @@ def backward_reduce(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray,
     A, C, M = x3.shape
     if A * M == 0 or C == 0:
         return np.zeros(C), np.zeros(C)
+    ck = engine.kernels()
+    if ck is not None:
+        return ck.batch_norm.backward_reduce(dy3, x3, mean)
     wd = work_dtype(x3.dtype)
     hi, lo = split_mean(mean, wd)
     if M < MIN_ROW:
@@ -113,6 +124,10 @@ def backward_elemt(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
                    weight: np.ndarray | None, sum_dy: np.ndarray, sum_dy_xmu: np.ndarray,
                    count: int | float, out3: np.ndarray | None = None) -> np.ndarray:
     """Input gradient of training-mode BatchNorm from the (global) sums and count."""
+    ck = engine.kernels()
+    if ck is not None:
+        return ck.batch_norm.backward_elemt(dy3, x3, mean, invstd, weight, sum_dy, sum_dy_xmu,
+                                            count, out3)
     if out3 is None:
         out3 = np.empty(x3.shape, x3.dtype)
     k = invstd if weight is None else invstd * weight
@@ -127,8 +142,61 @@ def backward_elemt(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
 
 def eval_backward(dy3: np.ndarray, invstd: np.ndarray, weight: np.ndarray | None) -> np.ndarray:
     """Input gradient when the statistics are constants (eval with running stats): dy * w * invstd."""
+    ck = engine.kernels()
+    if ck is not None:
+        return ck.batch_norm.eval_backward(dy3, invstd, weight)
     k = invstd if weight is None else invstd * weight
     out3 = np.empty(dy3.shape, dy3.dtype)
     C = dy3.shape[1]
     affine(out3, dy3, np.zeros(C), k, np.zeros(C), True)
     return out3
+
+
+# ------------------------------------------------------------------ whole steps
+def _fusable(x3: np.ndarray, out3: np.ndarray | None) -> bool:
+    return (x3.size > 0 and x3.shape[0] * x3.shape[2] > 1
+            and (out3 is None or out3.flags.c_contiguous or x3.shape[2] >= MIN_ROW))
+
+
+def forward(x3: np.ndarray, plan: StepPlan, dtype: Any, shape: tuple, weight: np.ndarray | None,
+            bias: np.ndarray | None, out3: np.ndarray | None = None
+            ) -> tuple[float, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """One BatchNorm forward of x3 (A, C, M) as `plan` says: (count, mean, invstd, y), with y
+    written into out3 (a new array when None); mean, invstd, y None when the (group's) batch is
+    empty. Local batch statistics (no exchange) with the compiled engine: statistics and normalize
+    fused per channel while it is in cache; otherwise `plan_stats` (the exchange between the
+    statistics and the normalize pass), then `normalize`."""
+    ck = engine.kernels()
+    if (ck is not None and plan.exchange is None and plan.mode is not Mode.RUNNING
+            and not plan.check_finite and _fusable(x3, out3)):
+        y = np.empty(x3.shape, x3.dtype) if out3 is None else out3
+        assert plan.shift is not None
+        got = ck.batch_norm.forward_local(x3, plan.shift, weight, bias, plan.eps, y)
+        if got is not None:  # else a shift far off: the statistics step sums again
+            mean, var, invstd = got
+            n = x3.shape[0] * x3.shape[2]
+            if plan.mode is Mode.TRAIN and plan.record is not None:
+                plan.record(n, mean, var)
+            return n, mean, invstd, y
+    n, mean, invstd = plan_stats(x3, plan, dtype, shape)
+    if mean is None:
+        return n, None, None, None
+    return n, mean, invstd, normalize(x3, mean, invstd, weight, bias, out3)
+
+
+def train_backward(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
+                   weight: np.ndarray | None, count: float, exchange: Exchange | None = None,
+                   dtype: Any = "", out3: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Input gradient of a batch-statistics forward: (dx, g, h) with this process's sums
+    g = sum(dy), h = sum(dy * (x - mean)) (C,) float64 (for dbias, dweight = h * invstd). With an
+    `exchange`, dx uses the group's sums (ONE collective between the two passes); without one the
+    compiled engine fuses both passes per channel in cache."""
+    ck = engine.kernels()
+    if ck is not None and exchange is None and _fusable(x3, out3):
+        dx = np.empty(x3.shape, x3.dtype) if out3 is None else out3
+        g, h = ck.batch_norm.backward_local(dy3, x3, mean, invstd, weight, dx)
+        return dx, g, h
+    g, h = backward_reduce(dy3, x3, mean, invstd)
+    G, H = (g, h) if exchange is None else exchange.backward(g, h, (str(dtype),))
+    return backward_elemt(dy3, x3, mean, invstd, weight, G, H, count, out3), g, h

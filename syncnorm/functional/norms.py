@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import engine
 from .batch_norm import backward_reduce, eval_backward, normalize
 from .blocks import ELEM_BLOCK, work_dtype
 from .elementwise import affine, foldable, split_mean, unbuffered
 from .stats import group_stats
 
-__all__ = ["row_stats", "channel_forward", "channel_backward", "element_forward",
-           "element_backward", "elem_blocks"]
+__all__ = ["row_stats", "channel_step", "channel_forward", "channel_backward", "element_step",
+           "element_forward", "element_backward", "elem_blocks"]
 
 #: rows per block when a row is longer than a block (few inner loops per numpy call)
 LONG_ROW_BLOCK_ROWS = 8
@@ -54,7 +55,30 @@ def row_stats(rows3: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, var
 
 
+def _row_invstd(rows3: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, var, invstd) float64 (R,) of the rows of rows3 (1, R, M); zeros for no values."""
+    R = rows3.shape[1]
+    mean, var = row_stats(rows3) if rows3.size else (np.zeros(R), np.zeros(R))
+    return mean, var, 1.0 / np.sqrt(var + eps)
+
+
 # --------------------------------------------------------------------- per-channel parameters
+def channel_step(x3: np.ndarray, groups: int, eps: float, weight: np.ndarray | None,
+                 bias: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """GroupNorm forward with batch statistics (InstanceNorm: groups = C) of x3 (N, C, S)
+    contiguous: (y in x3's dtype, mean, var, invstd float64 (N*groups,)). The compiled engine
+    fuses the statistics and the normalize pass per row while it is in cache."""
+    N, C, S = x3.shape
+    ck = engine.kernels()
+    if ck is not None and x3.size:
+        got = ck.norms.channel_step(x3, groups, eps, weight, bias)
+        if got is not None:  # else a row's first value was no shift: the statistics step
+            return got
+    mean, var, invstd = _row_invstd(x3.reshape(1, N * groups, (C // groups) * S), eps)
+    return channel_forward(x3, groups, mean, invstd, weight, bias), mean, var, invstd
+
+
 def _per_channel_rows(v: np.ndarray | None, N: int) -> np.ndarray | None:
     return None if v is None else np.tile(np.asarray(v, dtype=np.float64), N)
 
@@ -90,6 +114,9 @@ def channel_backward(dy3: np.ndarray, x3: np.ndarray, groups: int, mean: np.ndar
     M = cg * S
     if N * C * S == 0:
         return np.empty(x3.shape, x3.dtype), np.zeros(C), np.zeros(C)
+    ck = engine.kernels()
+    if ck is not None and batch_stats:
+        return ck.norms.channel_backward(dy3, x3, groups, mean, invstd, weight)
     rows, dyrows = x3.reshape(N * C, S), dy3.reshape(N * C, S)
     mean_r = np.repeat(mean, cg)
     inv_r = np.repeat(invstd, cg)
@@ -138,6 +165,19 @@ def elem_blocks(R: int, D: int, block: int | None = None):
 
 def _col(v: np.ndarray, wd: np.dtype) -> np.ndarray:
     return v.astype(wd)[:, None]
+
+
+def element_step(x2: np.ndarray, eps: float, weight: np.ndarray | None, bias: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """LayerNorm forward of x2 (R, D) contiguous: (y, mean, var, invstd float64 (R,)); fused per
+    row with the compiled engine."""
+    ck = engine.kernels()
+    if ck is not None and x2.size:
+        got = ck.norms.element_step(x2, eps, weight, bias)
+        if got is not None:
+            return got
+    mean, var, invstd = _row_invstd(x2[None], eps)
+    return element_forward(x2, mean, invstd, weight, bias), mean, var, invstd
 
 
 def element_forward(x2: np.ndarray, mean: np.ndarray, invstd: np.ndarray,
@@ -196,6 +236,9 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
     dx = np.empty(x2.shape, x2.dtype)
     if R * D == 0:
         return dx, np.zeros(D), np.zeros(D)
+    ck = engine.kernels()
+    if ck is not None:
+        return ck.norms.element_backward(dy2, x2, mean, invstd, weight)
     wd = work_dtype(x2.dtype)
     hi, lo = split_mean(mean, wd)
     fold = foldable(hi.astype(np.float64), invstd)

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from ..distributed.exchange import StatsExchange
-from ..functional.batch_norm import (backward_elemt, backward_reduce, eval_backward, flatten_spatial,
-                                     normalize)
-from ..functional.stats import Mode, StepPlan, choose_shift, plan_stats, running_update, unbiased
+from ..functional.batch_norm import (backward_reduce, eval_backward, flatten_spatial, forward,
+                                     train_backward)
+from ..functional.stats import Mode, StepPlan, choose_shift, running_update, unbiased
 from ._util import (accumulate_affine, affine_parameters, check_device, check_eps,
                     check_float_input, check_grad_shape, no_forward, param_dtype, reset_affine)
 from .module import Module
@@ -149,13 +149,13 @@ class _BatchNorm(_NormBase):
                 plan.exchange.fail("forward")
             raise
         x3 = flatten_spatial(x)
-        n, mean, invstd = plan_stats(x3, plan, x.dtype, x.shape)
-        self._cache = (x.shape, x.dtype, x3, plan, mean, invstd, n)
-        if mean is None:  # the whole group has 0 samples
-            return np.empty(x.shape, x.dtype)
         w = None if self.weight is None else self.weight.data.astype(np.float64)
         b = None if self.bias is None else self.bias.data.astype(np.float64)
-        return normalize(x3, mean, invstd, w, b).reshape(x.shape)
+        n, mean, invstd, y = forward(x3, plan, x.dtype, x.shape, w, b)
+        self._cache = (x.shape, x.dtype, x3, plan, mean, invstd, n)
+        if y is None:  # the whole group has 0 samples
+            return np.empty(x.shape, x.dtype)
+        return y.reshape(x.shape)
 
     # ------------------------------------------------------------------ backward
     def backward(self, grad_output: np.ndarray) -> np.ndarray:
@@ -179,15 +179,13 @@ class _BatchNorm(_NormBase):
                 exchange.backward(np.zeros(C), np.zeros(C), (str(dtype),))
             accumulate_affine(self, np.zeros(C), np.zeros(C))
             return np.empty(shape, dy.dtype)
-        g, h = backward_reduce(dy3, x3, mean, invstd)
-        accumulate_affine(self, h * invstd, g)
         w = None if self.weight is None else self.weight.data.astype(np.float64)
         if plan.mode is Mode.RUNNING:
+            g, h = backward_reduce(dy3, x3, mean, invstd)
             dx = eval_backward(dy3, invstd, w)
-        else:
-            if exchange is not None:
-                g, h = exchange.backward(g, h, (str(dtype),))
-            dx = backward_elemt(dy3, x3, mean, invstd, w, g, h, n)
+        else:  # the group's sums for dx (one collective), this process's for dweight, dbias
+            dx, g, h = train_backward(dy3, x3, mean, invstd, w, n, exchange, dtype)
+        accumulate_affine(self, h * invstd, g)
         return dx.reshape(shape).astype(dy.dtype, copy=False)
 
 

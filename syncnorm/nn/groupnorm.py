@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..functional.norms import channel_backward, channel_forward, row_stats
+from ..functional.norms import channel_backward, channel_step
 from ._util import (accumulate_affine, affine_parameters, check_device, check_eps,
                     check_float_input, check_grad_shape, no_forward, param_dtype, reset_affine)
 from .module import Module
@@ -94,14 +94,9 @@ class GroupNorm(Module):
                 f"{G} groups (torch raises this only for a batch of 1 sample). Use fewer groups, "
                 f"or normalize an input with positions")
         x3 = np.ascontiguousarray(x).reshape(N, C, S)
-        if N * C * S > 0:
-            mean, var = row_stats(x3.reshape(1, N * G, (C // G) * S))
-        else:
-            mean = var = np.zeros(N * G)
-        invstd = 1.0 / np.sqrt(var + self.eps)
         w = None if self.weight is None else self.weight.data
         b = None if self.bias is None else self.bias.data
-        y3 = channel_forward(x3, G, mean, invstd, w, b)
+        y3, mean, _, invstd = channel_step(x3, G, self.eps, w, b)
         self._cache = (x.shape, x.dtype, x3, mean, invstd)
         return y3.reshape(x.shape)
 

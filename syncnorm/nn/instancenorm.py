@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..functional.norms import channel_backward, channel_forward, row_stats
+from ..functional.norms import channel_backward, channel_forward, channel_step
 from ..functional.stats import running_update, unbiased
 from ._util import accumulate_affine, check_float_input, check_grad_shape, no_forward
 from .batchnorm import _NormBase
@@ -80,24 +80,20 @@ class _InstanceNorm(_NormBase):
         N, C = xb.shape[:2]
         S = int(np.prod(xb.shape[2:], dtype=np.int64))
         x3 = np.ascontiguousarray(xb).reshape(N, C, S)
+        w = None if self.weight is None else self.weight.data
+        b = None if self.bias is None else self.bias.data
         if use_input_stats:
             if S == 1 and N * C > 0:
                 raise ValueError("Expected more than 1 spatial element when training (or in eval "
                                  "mode without running statistics), got input of shape "
                                  f"{tuple(x.shape)}")
-            if N * C * S > 0:
-                mean, var = row_stats(x3.reshape(1, N * C, S))
-                if self.training and self.track_running_stats:
-                    self._update_running(mean.reshape(N, C), var.reshape(N, C), S)
-            else:
-                mean = var = np.zeros(N * C)
-            invstd = 1.0 / np.sqrt(var + self.eps)
+            y3, mean, var, invstd = channel_step(x3, C, self.eps, w, b)
+            if N * C * S > 0 and self.training and self.track_running_stats:
+                self._update_running(mean.reshape(N, C), var.reshape(N, C), S)
         else:
             mean = np.tile(self.running_mean.astype(np.float64), N)
             invstd = np.tile(1.0 / np.sqrt(self.running_var.astype(np.float64) + self.eps), N)
-        w = None if self.weight is None else self.weight.data
-        b = None if self.bias is None else self.bias.data
-        y3 = channel_forward(x3, C, mean, invstd, w, b)
+            y3 = channel_forward(x3, C, mean, invstd, w, b)
         self._cache = (x.shape, x.dtype, x3, mean, invstd, use_input_stats)
         return y3.reshape(x.shape)
 

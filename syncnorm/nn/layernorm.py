@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..functional.norms import element_backward, element_forward, row_stats
+from ..functional.norms import element_backward, element_step
 from ._util import (accumulate_affine, affine_parameters, check_device, check_eps,
                     check_float_input, check_grad_shape, no_forward, param_dtype, reset_affine)
 from .module import Module
@@ -72,14 +72,9 @@ class LayerNorm(Module):
         D = int(np.prod(self.normalized_shape, dtype=np.int64))
         R = int(np.prod(x.shape[:x.ndim - len(self.normalized_shape)], dtype=np.int64))
         x2 = np.ascontiguousarray(x).reshape(R, D)
-        if R * D > 0:
-            mean, var = row_stats(x2[None])
-        else:
-            mean = var = np.zeros(R)
-        invstd = 1.0 / np.sqrt(var + self.eps)
         w = None if self.weight is None else self.weight.data.reshape(D)
         b = None if self.bias is None else self.bias.data.reshape(D)
-        y2 = element_forward(x2, mean, invstd, w, b)
+        y2, mean, _, invstd = element_step(x2, self.eps, w, b)
         self._cache = (x.shape, x.dtype, x2, mean, invstd)
         return y2.reshape(x.shape)
 

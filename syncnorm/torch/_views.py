@@ -8,9 +8,10 @@ array without a copy:
   (N, L, C) sequence transposed to (N, C, L)): (A, C, M) = (N * prod(*), C, 1).
 
 Any other strides get one `.contiguous()` copy (as torch's own SyncBatchNorm does). float16 and
-bfloat16 tensors are computed through a float32 copy made by torch: bfloat16 has no numpy dtype, and
-numpy's float16 arithmetic is software-emulated (slower than torch's vectorized conversion plus
-float32 kernels, which compute in float32 for float16 input anyway; see docs/performance.md).
+bfloat16 tensors go to the compiled kernels as they are (bfloat16 as its int16 bits: numpy has no
+such dtype), which convert each value as they read and write it. With the numpy kernels they are
+computed through a float32 copy made by torch (numpy's float16 arithmetic is software-emulated;
+see docs/performance.md).
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ import math
 
 import numpy as np
 import torch
+
+from ..functional import engine
 
 __all__ = ["FLOAT_DTYPES", "check_tensor", "dense", "layout_of", "kernel_view", "empty", "from_kernel_view",
            "work_tensor"]
@@ -78,26 +81,45 @@ def kernel_view(t: torch.Tensor, layout: str) -> np.ndarray:
     a = t.detach()
     if layout == "nlc":
         a = a.movedim(1, -1)
+    if a.dtype == torch.bfloat16:  # no numpy dtype: its bits, as the compiled kernels take them
+        a = a.resolve_neg().view(torch.int16)
     return a.resolve_neg().numpy().reshape(_acm_shape(t.shape, layout))
+
+
+_NUMPY_STORAGE = {torch.float32: np.float32, torch.float64: np.float64, torch.float16: np.float16,
+                  torch.bfloat16: np.int16}
+
+
+def _alloc(shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """torch.empty, through numpy's allocator: it asks the kernel for huge pages on large arrays
+    (madvise), so the first write of a new output costs far fewer page faults than torch's
+    4 KiB pages (the larger part of a step's time at ImageNet sizes; docs/performance.md)."""
+    t = torch.from_numpy(np.empty(shape, _NUMPY_STORAGE[dtype]))
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
 
 
 def empty(shape: torch.Size | tuple, dtype: torch.dtype, layout: str) -> torch.Tensor:
     """An uninitialized (N, C, *) tensor whose memory is in `layout`."""
     shape = tuple(int(s) for s in shape)
     if layout == "nc":
-        return torch.empty(shape, dtype=dtype)
-    return torch.empty((shape[0], *shape[2:], shape[1]), dtype=dtype).movedim(-1, 1)
+        return _alloc(shape, dtype)
+    return _alloc((shape[0], *shape[2:], shape[1]), dtype).movedim(-1, 1)
 
 
 def from_kernel_view(arr: np.ndarray, shape: torch.Size | tuple, layout: str) -> torch.Tensor:
     """A C-contiguous (A, C, M) array as an (N, C, *) tensor in `layout`, sharing its memory."""
     shape = tuple(int(s) for s in shape)
     t = torch.from_numpy(np.ascontiguousarray(arr))
+    if arr.dtype == np.int16:  # bfloat16 bits (see `kernel_view`)
+        t = t.view(torch.bfloat16)
     if layout == "nc":
         return t.reshape(shape)
     return t.reshape((shape[0], *shape[2:], shape[1])).movedim(-1, 1)
 
 
 def work_tensor(t: torch.Tensor) -> torch.Tensor:
-    """`t` itself, or a float32 copy for float16 and bfloat16; keeps the layout."""
-    return t.float() if t.dtype in (torch.bfloat16, torch.float16) else t
+    """`t` itself, or a float32 copy for float16 and bfloat16 with the numpy kernels (the compiled
+    kernels convert 16-bit values as they read and write them); keeps the layout."""
+    if t.dtype in (torch.bfloat16, torch.float16) and engine.kernels() is None:
+        return t.float()
+    return t

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
-from ..functional.batch_norm import backward_elemt, backward_reduce, eval_backward, normalize
-from ..functional.stats import Mode, StepPlan, plan_stats
+from ..functional.batch_norm import backward_reduce, eval_backward, forward, train_backward
+from ..functional.stats import Mode, StepPlan
 from . import _views as views
 
 __all__ = ["StepPlan", "SyncBatchNormFunction"]
@@ -40,7 +40,11 @@ class SyncBatchNormFunction(torch.autograd.Function):
         x, layout = views.dense(x)
         xw, _ = views.dense(views.work_tensor(x), layout)
         x3 = views.kernel_view(xw, layout)
-        n, mean, invstd = plan_stats(x3, plan, x.dtype, tuple(x.shape))
+        w = _f64(weight)
+        y = views.empty(x.shape, xw.dtype, layout)
+        # statistics (the group's: ONE Allreduce) and normalize, written into y's memory
+        n, mean, invstd, _ = forward(x3, plan, str(x.dtype), tuple(x.shape), w, _f64(bias),
+                                     out3=views.kernel_view(y, layout))
         ctx.mode, ctx.layout, ctx.exchange, ctx.n = plan.mode, layout, plan.exchange, n
         ctx.param_dtypes = (None if weight is None else weight.dtype,
                             None if bias is None else bias.dtype)
@@ -48,10 +52,6 @@ class SyncBatchNormFunction(torch.autograd.Function):
         if mean is None:  # the whole group has 0 samples
             ctx.save_for_backward(x)
             return views.empty(x.shape, x.dtype, layout)
-        w = _f64(weight)
-        y = views.empty(x.shape, xw.dtype, layout)
-        if x3.size:
-            normalize(x3, mean, invstd, w, _f64(bias), out3=views.kernel_view(y, layout))
         ctx.invstd, ctx.w = invstd, w
         ctx.save_for_backward(x)
         return y if y.dtype == x.dtype else y.to(x.dtype)
@@ -74,25 +74,22 @@ class SyncBatchNormFunction(torch.autograd.Function):
         xw, _ = views.dense(views.work_tensor(x), layout)
         dyw, _ = views.dense(views.work_tensor(dy), layout)
         x3, dy3 = views.kernel_view(xw, layout), views.kernel_view(dyw, layout)
-        if x3.size == 0:
+        dx = None
+        if need_x and ctx.mode is not Mode.RUNNING:
+            # the group's sums for dx (ONE Allreduce), this rank's for dweight and dbias
+            dx = views.empty(x.shape, xw.dtype, layout)
+            _, g, h = train_backward(dy3, x3, mean, invstd, ctx.w, ctx.n, ctx.exchange,
+                                     str(x.dtype), out3=views.kernel_view(dx, layout))
+        elif x3.size == 0:
             g, h = np.zeros(C), np.zeros(C)
         elif ctx.mode is Mode.RUNNING and not (need_w or need_b):
             g = h = None
         else:
             g, h = backward_reduce(dy3, x3, mean, invstd)  # invstd lets it fold when exact
+        if need_x and ctx.mode is Mode.RUNNING:
+            dx = views.from_kernel_view(eval_backward(dy3, invstd, ctx.w), x.shape, layout)
+        if dx is not None and dx.dtype != x.dtype:
+            dx = dx.to(x.dtype)
         dw = torch.from_numpy(h * invstd).to(wdt) if need_w else None
         db = torch.from_numpy(g).to(bdt) if need_b else None
-        dx = None
-        if need_x:
-            if ctx.mode is Mode.RUNNING:
-                dx = views.from_kernel_view(eval_backward(dy3, invstd, ctx.w), x.shape, layout)
-            else:
-                if ctx.exchange is not None:
-                    g, h = ctx.exchange.backward(g, h, (str(x.dtype),))
-                dx = views.empty(x.shape, xw.dtype, layout)
-                if x3.size:
-                    backward_elemt(dy3, x3, mean, invstd, ctx.w, g, h, ctx.n,
-                                   out3=views.kernel_view(dx, layout))
-            if dx.dtype != x.dtype:
-                dx = dx.to(x.dtype)
         return dx, dw, db, None

@@ -74,7 +74,14 @@ def main(argv: list[str] | None = None) -> int:
                             "running statistics"), worst):
             print(f"  max |difference| in {name:32s} {v:.2e}")
         print("MATCH" if ok else f"MISMATCH (tolerance {args.tol:g})")
+        print_kernels()
     return 0 if ok else 1
+
+
+def print_kernels() -> None:
+    """The kernel engine the check ran with (SYNCNORM_KERNELS; docs/performance.md)."""
+    from ..functional import engine
+    print(f"kernels: {engine.describe()}")
 
 
 if __name__ == "__main__":

@@ -623,6 +623,43 @@ def _():
     fit_alpha_beta([8.0, 64.0], [1e-6, 2e-6], P=1)
 
 
+# ============================================================================ kernel engine
+@trigger("kernels-env")
+def _():
+    from syncnorm.functional import engine
+    with environ(SYNCNORM_KERNELS="fortran"):
+        engine.requested()
+
+
+@trigger("kernels-numba-missing")
+def _():
+    from syncnorm.functional import engine
+    saved = sys.modules.get("numba")
+    sys.modules["numba"] = None  # how Python marks a module as not importable: find_spec -> None
+    try:
+        with engine.use("numba"):
+            pass
+    finally:
+        if saved is None:
+            del sys.modules["numba"]
+        else:
+            sys.modules["numba"] = saved
+
+
+@trigger("kernels-engine-arg")
+def _():
+    from syncnorm.functional import engine
+    with engine.use("cuda"):
+        pass
+
+
+@trigger("kernels-threads")
+def _():
+    from syncnorm.functional import engine
+    with environ(SYNCNORM_NUM_THREADS="two"):
+        engine.num_threads()
+
+
 # ============================================================================ command-line tools
 def _sleeper(extra: str = "") -> list[str]:
     return [sys.executable, "-c", f"import signal, sys, time\n{extra}\ntime.sleep(30)"]

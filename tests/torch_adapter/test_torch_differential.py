@@ -16,6 +16,8 @@ import random
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 torch = pytest.importorskip("torch", reason="the sweep compares with torch")
 
 from syncnorm import nn  # noqa: E402

@@ -21,6 +21,8 @@ import pytest
 from syncnorm import nn
 from syncnorm.nn.lazy import is_lazy
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 F = np.float32
 
 

@@ -11,6 +11,8 @@ import pytest
 from family_reference import numeric_grad
 from syncnorm import nn
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 DATA = np.load(Path(__file__).resolve().parents[1] / "data" / "bn_refs.npz", allow_pickle=False)
 CASES = json.loads(str(DATA["cases"]))
 TOL = {"float16": (2e-2, 2e-2), "float32": (2e-5, 1e-4), "float64": (1e-10, 1e-9)}

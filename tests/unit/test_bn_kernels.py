@@ -10,6 +10,8 @@ import syncnorm.functional.moments  # noqa: F401  (the module, not the function 
 from syncnorm.functional import batch_norm as bn
 from syncnorm.functional import blocks, elementwise
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 MO = __import__("sys").modules["syncnorm.functional.moments"]
 
 

@@ -10,6 +10,8 @@ import pytest
 from family_reference import group_norm_ref, layer_norm_ref, lrn_ref
 from syncnorm import nn
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 RNG = np.random.default_rng(11)
 
 

@@ -11,6 +11,8 @@ from syncnorm import nn
 from syncnorm.functional import norms
 from syncnorm.functional.blocks import BLOCK_ELEMS
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 F64 = np.float64
 
 

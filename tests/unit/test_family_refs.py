@@ -10,6 +10,8 @@ import pytest
 
 from syncnorm import nn
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 DATA = np.load(Path(__file__).resolve().parents[1] / "data" / "family_refs.npz", allow_pickle=False)
 CASES = json.loads(str(DATA["cases"]))
 #: (absolute, relative) tolerance, both times max(1, max |reference|)

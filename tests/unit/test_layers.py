@@ -11,6 +11,8 @@ from family_reference import numeric_grad
 from syncnorm import nn
 from syncnorm.training.models import digits_cnn
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 REF = np.load(Path(__file__).resolve().parents[1] / "data" / "layer_refs.npz", allow_pickle=False)
 CASES = json.loads(str(REF["cases"]))
 

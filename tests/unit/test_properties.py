@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 from syncnorm import nn
 from syncnorm.nn.lazy import is_lazy
 
+pytestmark = pytest.mark.usefixtures("kernel_engine")  # numpy and numba kernels
+
 NORMAL = settings(max_examples=50, deadline=None, derandomize=True, database=None,
                   suppress_health_check=list(HealthCheck))
 SLOW = settings(max_examples=1000, deadline=None, database=None,

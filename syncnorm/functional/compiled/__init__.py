@@ -1,0 +1,14 @@
+"""The compiled kernel engine (numba): loops that fuse the numpy kernels' passes while the data
+is in cache. Imported by `functional.engine.kernels()` when a kernel is first used with the numba
+engine, never at `import syncnorm`.
+
+One module per family: `batch_norm` (BatchNorm, and the per-channel passes of InstanceNorm and
+GroupNorm; loops in `bn_kernels`), `norms` (LayerNorm's per-element passes, `norm_kernels`),
+`lrn` (LocalResponseNorm). `_jit` holds the compile options and the 16-bit loads and stores.
+"""
+from __future__ import annotations
+
+from . import batch_norm, norms
+from ._jit import threads
+
+__all__ = ["batch_norm", "norms", "threads"]
