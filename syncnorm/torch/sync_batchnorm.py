@@ -78,7 +78,7 @@ class SyncBatchNorm(_BatchNorm):
     """
 
     _SYNC_ATTRS = ("process_group", "timeout", "_original_class", "_layer_index", "_exchange",
-                   "_stat_shift", "_op_key", "_stash")
+                   "_stat_shift", "_op_key", "_stash", "_sync_steps")
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group: Any = None,
@@ -180,10 +180,16 @@ class SyncBatchNorm(_BatchNorm):
         """The group's statistics: the custom operator under torch.compile, else the Function."""
         if torch.compiler.is_compiling():
             return ops.train_step(self, input)
+        self.__dict__["_sync_steps"] = self.__dict__.get("_sync_steps", 0) + 1
+        return SyncBatchNormFunction.apply(input, self.weight, self.bias, self._plan(),
+                                           self._stash_for_step())
+
+    def _stash_for_step(self) -> StatsStash:
+        """This layer's recent training statistics (for activation checkpointing)."""
         stash = self.__dict__.get("_stash")
         if stash is None:
             stash = self.__dict__["_stash"] = StatsStash()
-        return SyncBatchNormFunction.apply(input, self.weight, self.bias, self._plan(), stash)
+        return stash
 
     def _eval_forward(self, input: Tensor) -> Tensor:
         """torch's own batch norm with the running statistics (or this rank's batch statistics
