@@ -170,7 +170,7 @@ class SyncBatchNorm(_BatchNorm):
             if not torch.jit.is_tracing():  # a traced graph has torch's own shape checks
                 self._check_channels(input)
         elif input.dim() < 2:
-            raise ValueError("expected at least 2D input")
+            raise ValueError("expected at least 2D input (got " + str(input.dim()) + "D input)")
         if self.training:
             return self._train_forward(input)
         return self._eval_forward(input)
