@@ -20,8 +20,9 @@ function mode is not traceable: torch.compile runs it eagerly (a graph break; fu
 refuses).
 
 Refused (TypeError at conversion): lazy subclasses (convert after their first forward), and
-subclasses of torch.nn.SyncBatchNorm that override forward (their `super().forward` is torch's
-GPU-only one).
+subclasses of torch.nn.SyncBatchNorm: the made class would still be a torch.nn.SyncBatchNorm, which
+DistributedDataParallel refuses on CPU ("SyncBatchNorm layers only work with GPU modules"), and
+their `super().forward` is torch's GPU-only one.
 """
 from __future__ import annotations
 
@@ -46,16 +47,6 @@ _CLASSES: dict[type, type] = {}
 _BN_SIGNATURE = inspect.signature(F.batch_norm)
 
 
-def _overrides(cls: type, name: str, stop: type) -> bool:
-    """True when a class between `cls` (included) and `stop` (excluded) defines `name`."""
-    for klass in cls.__mro__:
-        if klass is stop:
-            return False
-        if name in vars(klass):
-            return True
-    return False
-
-
 def check_convertible(cls: type, where: str) -> None:
     """Raise TypeError for the subclasses the converter cannot keep (see the module doc)."""
     from torch.nn.modules.lazy import LazyModuleMixin
@@ -64,10 +55,10 @@ def check_convertible(cls: type, where: str) -> None:
         raise TypeError(f"convert_sync_batchnorm: {name} (at {where}) is a lazy BatchNorm subclass; "
                         "convert the model after its first forward (when the layer has become "
                         "its non-lazy class)")
-    if issubclass(cls, nn.SyncBatchNorm) and _overrides(cls, "forward", nn.SyncBatchNorm):
+    if issubclass(cls, nn.SyncBatchNorm):
         raise TypeError(f"convert_sync_batchnorm: {name} (at {where}) subclasses "
-                        "torch.nn.SyncBatchNorm and overrides forward, whose super().forward is "
-                        "torch's GPU-only SyncBatchNorm; subclass torch.nn.BatchNorm2d (or "
+                        "torch.nn.SyncBatchNorm, which stays GPU-only (its forward, and "
+                        "DistributedDataParallel's CPU check); subclass torch.nn.BatchNorm2d (or "
                         "syncnorm.torch.SyncBatchNorm) instead")
 
 
@@ -79,8 +70,6 @@ def synchronized_class(cls: type) -> type:
                               "__reduce_ex__": _reduce_ex, "__call__": _call,
                               "__doc__": f"{cls.__qualname__} with syncnorm's synchronized statistics "
                                          "(made by convert_sync_batchnorm; revert gives back the original)."}
-        if issubclass(cls, nn.SyncBatchNorm) and not _overrides(cls, "forward", nn.SyncBatchNorm):
-            ns["forward"] = SyncBatchNorm.forward  # not torch's GPU-only one
         made = _CLASSES[cls] = type(f"Sync{cls.__name__}", (cls, SyncBatchNorm), ns)
     return made
 

@@ -125,18 +125,11 @@ def test_subclasses_that_cannot_be_kept_are_refused_before_converting():
     class LazySub(nn.LazyBatchNorm2d):
         pass
 
-    class TorchSyncSub(nn.SyncBatchNorm):
-        def forward(self, x):
-            return super().forward(x) + 1
+    class TorchSyncSub(nn.SyncBatchNorm):  # would stay a torch SyncBatchNorm: DDP refuses it on CPU
+        pass
 
     for bad in (LazySub(), TorchSyncSub(3)):
         net = nn.Sequential(nn.BatchNorm1d(3), bad)
         with pytest.raises(TypeError, match=r"convert_sync_batchnorm: .* \(at 1\)"):
             convert_sync_batchnorm(net)
         assert type(net[0]) is nn.BatchNorm1d  # nothing was converted
-
-    class TorchSyncPlain(nn.SyncBatchNorm):  # no forward of its own: ours runs (on CPU)
-        pass
-
-    conv = convert_sync_batchnorm(TorchSyncPlain(3))
-    assert conv(torch.randn(4, 3)).shape == (4, 3)
