@@ -13,6 +13,10 @@ exactly that class. An old module object that is still referenced elsewhere shar
 its replacement (as torch's converter shares parameters and buffers), but runs unsynchronized: use
 the returned module.
 
+Subclasses: a BatchNorm subclass becomes a class made from it and SyncBatchNorm, which keeps its
+forward, checks and buffers (`subclass.py`); lazy subclasses and torch.nn.SyncBatchNorm subclasses
+are refused with a TypeError before anything is converted.
+
 Lazy modules: an uninitialized torch LazyBatchNorm1d/2d/3d becomes a `LazySyncBatchNorm`, which
 infers num_features and materializes its parameters on the first forward (torch's lazy protocol)
 and then becomes a SyncBatchNorm; revert gives back the lazy class while still uninitialized, and
