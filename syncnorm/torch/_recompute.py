@@ -31,9 +31,12 @@ __all__ = ["StashEntry", "StatsStash", "CapturingExchange", "recomputing", "MAX_
 MAX_ENTRIES = 16
 
 
+_graph_task_id = getattr(torch._C, "_current_graph_task_id", lambda: -1)  # absent: no reuse
+
+
 def recomputing() -> bool:
     """True while autograd runs a backward pass (where torch.utils.checkpoint recomputes)."""
-    return torch._C._current_graph_task_id() != -1
+    return _graph_task_id() != -1
 
 
 @dataclass(eq=False)

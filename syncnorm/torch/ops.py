@@ -37,7 +37,7 @@ from .function import Saved, backward_step, forward_step
 if TYPE_CHECKING:
     from .sync_batchnorm import SyncBatchNorm
 
-__all__ = ["register", "layer", "train_step"]
+__all__ = ["register", "layer", "train_step", "traced", "AVAILABLE"]
 
 _keys = itertools.count()
 _LAYERS: dict[int, weakref.ref] = {}
@@ -64,8 +64,7 @@ def _f64(v: np.ndarray | None, C: int) -> Tensor:
     return torch.zeros(C, dtype=torch.float64) if v is None else torch.from_numpy(np.array(v, np.float64))
 
 
-@torch.library.custom_op("syncnorm::batch_norm_train", mutates_args=(), device_types="cpu")
-def batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+def _train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
                      running_mean: Optional[Tensor], key: int
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """x (N, C, *) dense -> (y like x, mean (C,), biased var (C,), invstd (C,), count ()), all
@@ -80,17 +79,13 @@ def batch_norm_train(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]
             torch.tensor(float(s.n), dtype=torch.float64))
 
 
-@batch_norm_train.register_fake
-def _(x, weight, bias, running_mean, key):
+def _train_fake(x, weight, bias, running_mean, key):
     stat = x.new_empty(x.shape[1], dtype=torch.float64)
     return (torch.empty_like(x), stat, torch.empty_like(stat), torch.empty_like(stat),
             x.new_empty((), dtype=torch.float64))
 
 
-@torch.library.custom_op("syncnorm::batch_norm_record",
-                         mutates_args=("running_mean", "running_var", "num_batches_tracked"),
-                         device_types="cpu")
-def batch_norm_record(running_mean: Optional[Tensor], running_var: Optional[Tensor],
+def _record(running_mean: Optional[Tensor], running_var: Optional[Tensor],
                       num_batches_tracked: Optional[Tensor], mean: Tensor, var: Tensor, count: Tensor,
                       key: int) -> None:
     """The running-statistics update of a training step (in place; nothing when count is 0)."""
@@ -99,13 +94,11 @@ def batch_norm_record(running_mean: Optional[Tensor], running_var: Optional[Tens
         layer(key)._record(running_mean, running_var, num_batches_tracked, n, mean.numpy(), var.numpy())
 
 
-@batch_norm_record.register_fake
-def _(running_mean, running_var, num_batches_tracked, mean, var, count, key):
+def _record_fake(running_mean, running_var, num_batches_tracked, mean, var, count, key):
     return None
 
 
-@torch.library.custom_op("syncnorm::batch_norm_train_backward", mutates_args=(), device_types="cpu")
-def batch_norm_train_backward(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor,
+def _train_backward(dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor,
                               invstd: Tensor, count: Tensor, key: int, need_x: bool, need_w: bool,
                               need_b: bool) -> tuple[Tensor, Tensor, Tensor]:
     """-> (dx like x, or (0,) when not needed; dweight (C,) f64; dbias (C,) f64)."""
@@ -121,8 +114,7 @@ def batch_norm_train_backward(dy: Tensor, x: Tensor, weight: Optional[Tensor], m
             torch.zeros(C, dtype=torch.float64) if db is None else db)
 
 
-@batch_norm_train_backward.register_fake
-def _(dy, x, weight, mean, invstd, count, key, need_x, need_w, need_b):
+def _train_backward_fake(dy, x, weight, mean, invstd, count, key, need_x, need_w, need_b):
     C = x.shape[1]
     return (torch.empty_like(x) if need_x else x.new_empty(0), mean.new_empty(C), mean.new_empty(C))
 
@@ -146,11 +138,34 @@ def _backward(ctx, dy, *_stat_grads):
             None, None)
 
 
-batch_norm_train.register_autograd(_backward, setup_context=_setup_context)
+#: torch >= 2.4 has torch.library.custom_op; with an older torch, training is not traced by
+#: torch.compile (the eager Function runs, as before these operators existed)
+AVAILABLE = hasattr(torch.library, "custom_op")
+
+if AVAILABLE:
+    _lib = torch.library
+    batch_norm_train = _lib.custom_op("syncnorm::batch_norm_train", _train, mutates_args=(),
+                                      device_types="cpu")
+    batch_norm_train.register_fake(_train_fake)
+    batch_norm_train.register_autograd(_backward, setup_context=_setup_context)
+    batch_norm_train_backward = _lib.custom_op("syncnorm::batch_norm_train_backward", _train_backward,
+                                               mutates_args=(), device_types="cpu")
+    batch_norm_train_backward.register_fake(_train_backward_fake)
+    batch_norm_record = _lib.custom_op("syncnorm::batch_norm_record", _record, device_types="cpu",
+                                       mutates_args=("running_mean", "running_var",
+                                                     "num_batches_tracked"))
+    batch_norm_record.register_fake(_record_fake)
+
+_is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+
+
+def traced() -> bool:
+    """True while torch.compile traces (and the operators exist to trace the training step)."""
+    return AVAILABLE and _is_compiling()
 
 
 def train_step(module: "SyncBatchNorm", x: Tensor) -> Tensor:
-    """The training forward through the operator (what torch.compile traces)."""
+    """The training forward through the operators (what torch.compile traces)."""
     if views.layout_of(x) is None:
         x = x.contiguous()
     key = module._op_key

@@ -4,7 +4,8 @@ torch.nn.SyncBatchNorm refuses CPU tensors ("SyncBatchNorm expected input tensor
 this layer takes its place on CPUs. The communication (`distributed.exchange.StatsExchange`: one
 Allreduce each way, fingerprints that make out-of-step ranks fail together, timeouts) and the
 mathematics (`functional.moments`, `functional.batch_norm`) are syncnorm's, shared with
-`syncnorm.nn.SyncBatchNorm`; `function.py` runs them on the tensors' memory.
+`syncnorm.nn.SyncBatchNorm`; `function.py` runs them on the tensors' memory, and `ops.py` wraps
+them as torch custom operators for torch.compile.
 """
 
 import copy
@@ -178,7 +179,7 @@ class SyncBatchNorm(_BatchNorm):
     @torch.jit.unused
     def _train_forward(self, input: Tensor) -> Tensor:
         """The group's statistics: the custom operator under torch.compile, else the Function."""
-        if torch.compiler.is_compiling():
+        if ops.traced():
             return ops.train_step(self, input)
         self.__dict__["_sync_steps"] = self.__dict__.get("_sync_steps", 0) + 1
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, self._plan(),
