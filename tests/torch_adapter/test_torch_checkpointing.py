@@ -1,7 +1,8 @@
 """Activation checkpointing (torch.utils.checkpoint, reentrant and non-reentrant): the recomputed
 forward reuses the first forward's group statistics: one exchange forward and one backward per
 layer, running statistics updated once, gradients bitwise those of the plain step
-(tests/support/mpi_workers/torch_checkpoint.py, which counts the real Allreduce calls on 2 ranks)."""
+(tests/support/mpi_workers/torch_checkpoint.py, which counts the real Allreduce calls on 2 ranks,
+and checks that a recomputation that differs on some ranks only raises RanksOutOfStepError)."""
 from __future__ import annotations
 
 import pytest

@@ -2,7 +2,9 @@
 of a model with two SyncBatchNorm layers gives the plain step's gradients and running statistics
 bitwise, with one forward and one backward exchange per layer and step, and, on more than one
 rank, exactly that many real Allreduce calls (counted by a wrapper around the MPI Allreduce that
-calls it). Prints "CHECKPOINT-OK rank R" at the end."""
+calls it). A recomputation whose input differs (dropout without the RNG state restored) is a step
+of its own on one rank, and raises RanksOutOfStepError on every rank when only some ranks differ.
+Prints "CHECKPOINT-OK rank R" at the end."""
 from __future__ import annotations
 
 import copy
@@ -13,7 +15,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from syncnorm.distributed import comm as sn_comm
-from syncnorm.torch import convert_sync_batchnorm
+from syncnorm.torch import RanksOutOfStepError, convert_sync_batchnorm
 
 torch.set_num_threads(1)
 world = MPI.COMM_WORLD
@@ -72,7 +74,21 @@ def main() -> None:
             assert int(m.block[i].num_batches_tracked) == 1
             assert len(m.block[i]._stash) == 0  # nothing left behind
         assert c == calls == (2 * len(layers) if world.size > 1 else 0), (how, c, calls)
+    differing_recomputation()
     print(f"CHECKPOINT-OK rank {world.rank}", flush=True)
+
+
+def differing_recomputation() -> None:
+    torch.manual_seed(world.rank)
+    block = convert_sync_batchnorm(nn.Sequential(nn.Dropout(0.5), nn.BatchNorm1d(3)))
+    x = torch.randn(6, 3, requires_grad=True)
+    restore = world.size > 1 and world.rank == 0  # rank 0 recomputes the same input, the others not
+    try:
+        checkpoint(block, x, use_reentrant=False, preserve_rng_state=restore).sum().backward()
+    except RanksOutOfStepError:
+        assert world.size > 1
+        return
+    assert world.size == 1 and int(block[1].num_batches_tracked) == 2  # a step of its own
 
 
 if __name__ == "__main__":
