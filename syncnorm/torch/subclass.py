@@ -132,6 +132,7 @@ def synchronized_batch_norm(module: SyncBatchNorm, input: torch.Tensor, running_
     group."""
     who = type(module).__name__
     views.check_tensor(input, who)
+    module._check_channels(input)
     module.__dict__["_sync_steps"] = module.__dict__.get("_sync_steps", 0) + 1
     record = functools.partial(_record, module, running_mean, running_var, float(momentum))
     plan = StepPlan(Mode.TRAIN, float(eps), exchange=module._get_exchange(),
