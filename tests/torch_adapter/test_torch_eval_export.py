@@ -13,6 +13,9 @@ from torch import nn  # noqa: E402
 
 from syncnorm.torch import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm  # noqa: E402
 
+# torch 2.13 deprecates TorchScript (it still works, and is tested here for the users who use it)
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
+
 
 def trained_pair(track: bool = True, dtype=torch.float32):
     """A Conv-BN-ReLU-BN1d model trained two steps in torch, and its converted copy."""

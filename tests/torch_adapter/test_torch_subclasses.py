@@ -16,6 +16,9 @@ from torch.nn import functional as F  # noqa: E402
 
 from syncnorm.torch import SyncBatchNorm, convert_sync_batchnorm, revert_sync_batchnorm  # noqa: E402
 
+# torch 2.13 deprecates TorchScript (it still works, and is tested here for the users who use it)
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.* is deprecated:DeprecationWarning")
+
 
 class BatchNormAct2d(nn.BatchNorm2d):
     """timm's BatchNormAct2d, reduced: its forward is _BatchNorm.forward's body with its own
