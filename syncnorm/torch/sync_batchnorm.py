@@ -80,6 +80,8 @@ class SyncBatchNorm(_BatchNorm):
 
     _SYNC_ATTRS = ("process_group", "timeout", "_original_class", "_layer_index", "_exchange",
                    "_stat_shift", "_op_key", "_stash", "_sync_steps")
+    #: what TorchScript must not try to compile (Python objects of the training path)
+    __jit_ignored_attributes__ = [*_SYNC_ATTRS, "_sync_saved_attrs"]
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, process_group: Any = None,
