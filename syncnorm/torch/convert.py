@@ -13,6 +13,10 @@ exactly that class. An old module object that is still referenced elsewhere shar
 its replacement (as torch's converter shares parameters and buffers), but runs unsynchronized: use
 the returned module.
 
+Subclasses: a BatchNorm subclass becomes a class made from it and SyncBatchNorm, which keeps its
+forward, checks and buffers (`subclass.py`); lazy subclasses and torch.nn.SyncBatchNorm subclasses
+are refused with a TypeError before anything is converted.
+
 Lazy modules: an uninitialized torch LazyBatchNorm1d/2d/3d becomes a `LazySyncBatchNorm`, which
 infers num_features and materializes its parameters on the first forward (torch's lazy protocol)
 and then becomes a SyncBatchNorm; revert gives back the lazy class while still uninitialized, and
@@ -21,7 +25,6 @@ the class the lazy module would have become (BatchNorm2d for LazyBatchNorm2d) af
 from __future__ import annotations
 
 import types
-import warnings
 import weakref
 from typing import Any
 
@@ -31,6 +34,7 @@ from torch.nn.modules.batchnorm import _BatchNorm, _LazyNormBase
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from ..distributed.group import check_process_group
+from .subclass import check_convertible, synchronized_class
 from .sync_batchnorm import LazySyncBatchNorm, SyncBatchNorm
 
 try:
@@ -40,13 +44,11 @@ except ImportError:  # pragma: no cover - older torch
 
 __all__ = ["convert_sync_batchnorm", "revert_sync_batchnorm", "KNOWN_BATCHNORMS"]
 
-#: classes whose behaviour SyncBatchNorm reproduces completely (their own input-dimension check
-#: is kept); any other _BatchNorm subclass converts with a warning
 KNOWN_BATCHNORMS: set[type] = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                                nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d}
-"""The torch BatchNorm classes `convert_sync_batchnorm` reproduces completely (their own
-input-dimension check is kept); any other `_BatchNorm` subclass converts with a warning naming the
-methods that will not run."""
+"""The torch BatchNorm classes that become a plain `SyncBatchNorm` (their own input-dimension check
+is kept); any other `_BatchNorm` subclass becomes a class made from it and SyncBatchNorm that keeps
+its methods (see `syncnorm.torch.subclass`)."""
 
 _SAVED = "_sync_saved_attrs"
 
@@ -75,41 +77,15 @@ def _move(src: nn.Module, cls: type) -> nn.Module:
     return dst
 
 
-def _known_base(cls: type) -> type:
-    return next(b for b in cls.__mro__ if b in KNOWN_BATCHNORMS or b is _BatchNorm)
-
-
-def _overridden(cls: type) -> list[str]:
-    """Methods that `cls` defines between itself and the class the converter knows."""
-    base = _known_base(cls)
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        if klass is base:
-            break
-        for n, v in vars(klass).items():
-            if n in ("forward", "__call__", "_call_impl") or (
-                    not n.startswith("__") and (callable(v) or isinstance(v, property))):
-                names.add(n)
-    return sorted(names)
-
-
-def _warn_unknown(found: dict[type, tuple[list[str], set[str]]]) -> None:
-    """One UserWarning per unknown class, naming what will not run and where the modules are."""
-    for cls, (where, children) in found.items():
-        methods = ", ".join(_overridden(cls)) or "none"
-        sub = f", nor will its submodules ({', '.join(sorted(children))})" if children else ""
-        warnings.warn(
-            f"convert_sync_batchnorm: {cls.__module__}.{cls.__qualname__} (at {', '.join(where)}) is a "
-            f"BatchNorm subclass the converter does not know; in the syncnorm SyncBatchNorm that "
-            f"replaces it its own methods ({methods}) will not run{sub}. "
-            "revert_sync_batchnorm restores the original class.", UserWarning, stacklevel=3)
-
-
 # ---------------------------------------------------------------------------------------- convert
 def _to_sync(m: _BatchNorm, process_group: Any) -> SyncBatchNorm:
     cls = type(m)
     lazy = isinstance(m, LazyModuleMixin) and isinstance(m, _LazyNormBase)
-    sync = _move(m, LazySyncBatchNorm if lazy else SyncBatchNorm)
+    if cls in KNOWN_BATCHNORMS:
+        target = LazySyncBatchNorm if lazy else SyncBatchNorm
+    else:
+        target = synchronized_class(cls)
+    sync = _move(m, target)
     d = sync.__dict__
     d[_SAVED] = {k: d[k] for k in SyncBatchNorm._SYNC_ATTRS if k in d}
     sync._sync_init(process_group, cls, None)
@@ -123,32 +99,38 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
 
     Returns the converted module (a new object when `module` itself is a BatchNorm). Layers are
     numbered in traversal order, which must be the same on every rank (it is when every rank builds
-    the same model). Subclasses the converter does not know raise a UserWarning naming the methods
-    (and so the behaviour, e.g. an activation) that the SyncBatchNorm will not run. A module object
-    that appears several times in the tree is converted once.
+    the same model). A subclass keeps what it adds: it becomes a `Sync<Name>` class made from it
+    and SyncBatchNorm (see `syncnorm.torch.subclass`); the few that cannot be kept raise TypeError
+    before anything is converted. A module object that appears several times in the tree is
+    converted once.
     """
     check_process_group(process_group)
-    unknown: dict[type, tuple[list[str], set[str]]] = {}
-    out = _convert(module, process_group, {}, "", unknown)
-    _warn_unknown(unknown)
-    return out
+    _check_subclasses(module, "", set())
+    return _convert(module, process_group, {})
 
 
-def _convert(module: nn.Module, process_group: Any, memo: dict[int, nn.Module], path: str,
-             unknown: dict[type, tuple[list[str], set[str]]]) -> nn.Module:
+def _check_subclasses(module: nn.Module, path: str, seen: set[int]) -> None:
+    if id(module) in seen:
+        return
+    seen.add(id(module))
+    if (isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm)
+            and type(module) not in KNOWN_BATCHNORMS):
+        check_convertible(type(module), path or "the top module")
+    for name, child in module._modules.items():
+        if child is not None:
+            _check_subclasses(child, f"{path}.{name}" if path else name, seen)
+
+
+def _convert(module: nn.Module, process_group: Any, memo: dict[int, nn.Module]) -> nn.Module:
     if id(module) in memo:
         return memo[id(module)]
     out = module
     if isinstance(module, _BatchNorm) and not isinstance(module, SyncBatchNorm):
-        if type(module) not in KNOWN_BATCHNORMS:
-            where, children = unknown.setdefault(type(module), ([], set()))
-            where.append(path or "the top module")
-            children.update(n for n, c in module._modules.items() if c is not None)
         out = _to_sync(module, process_group)
     memo[id(module)] = out
     for name, child in list(out._modules.items()):
         if child is not None:
-            new = _convert(child, process_group, memo, f"{path}.{name}" if path else name, unknown)
+            new = _convert(child, process_group, memo)
             if new is not child:
                 out._modules[name] = new
     return out

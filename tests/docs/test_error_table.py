@@ -611,6 +611,45 @@ def _():
     m(torch.randn(3, 2))
 
 
+@trigger("torch-convert-lazy-subclass")
+def _():
+    torch = _torch()
+    from syncnorm.torch import convert_sync_batchnorm
+
+    class MyLazy(torch.nn.LazyBatchNorm2d):
+        pass
+    convert_sync_batchnorm(torch.nn.Sequential(MyLazy()))
+
+
+@trigger("torch-convert-syncbn-subclass")
+def _():
+    torch = _torch()
+    from syncnorm.torch import convert_sync_batchnorm
+
+    class MySync(torch.nn.SyncBatchNorm):
+        def forward(self, x):
+            return super().forward(x) * 2
+    convert_sync_batchnorm(MySync(2))
+
+
+@trigger("torch-subclass-no-stats")
+def _():
+    torch = _torch()
+    from syncnorm.torch import convert_sync_batchnorm
+
+    class ByHand(torch.nn.BatchNorm1d):  # statistics through torch.batch_norm: cannot be synchronized
+        def forward(self, x):
+            return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                    True, 0.1, self.eps, False)
+    convert_sync_batchnorm(ByHand(2))(torch.randn(4, 2))
+
+
+@trigger("torch-op-layer-gone")
+def _():
+    torch = _torch()
+    torch.ops.syncnorm.batch_norm_train(torch.randn(4, 2), None, None, None, 2 ** 40)
+
+
 @trigger("bench-fit-pairs")
 def _():
     from syncnorm.bench.commmodel import fit_alpha_beta

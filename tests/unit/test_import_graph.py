@@ -1,7 +1,8 @@
 """The syncnorm package has no import cycle, and its layers import only downwards.
 
 The graph is computed from the source (every `import` statement, lazy ones inside functions
-included), so a cycle fails here before it can bite at import time. An edge goes to the module
+included; those under `if TYPE_CHECKING:` never run and are left out), so a cycle fails here
+before it can bite at import time. An edge goes to the module
 named (`from syncnorm.functional import stats` -> syncnorm.functional.stats); the implicit import of
 parent packages is not counted, as in Python's own resolution order.
 
@@ -44,6 +45,16 @@ def _lazy_nodes(tree: ast.Module) -> set[int]:
     return out
 
 
+def _type_only_nodes(tree: ast.Module) -> set[int]:
+    """ids of the import statements under `if TYPE_CHECKING:` (never run)."""
+    out: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                out.update(id(n) for n in ast.walk(child) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return out
+
+
 def imports_of(name: str, path: Path, known: set[str], lazy: bool | None = None) -> set[str]:
     """The syncnorm modules that `name` (at `path`) imports (`lazy`: only those inside functions
     (True), only module-level ones (False), or all (None))."""
@@ -52,7 +63,10 @@ def imports_of(name: str, path: Path, known: set[str], lazy: bool | None = None)
     out: set[str] = set()
     tree = ast.parse(path.read_text(), str(path))
     inside = _lazy_nodes(tree)
+    type_only = _type_only_nodes(tree)
     for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if lazy is not None and (id(node) in inside) != lazy:
             continue
         if isinstance(node, ast.Import):
