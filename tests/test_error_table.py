@@ -438,6 +438,15 @@ def _():
 
 # ============================================================================ groups, MPI, launchers
 trigger("group-type")(lambda: nn.SyncBatchNorm(2, process_group="world"))
+
+
+@trigger("torchrun-not-initialized")
+def _():
+    """What torchrun sets for a worker, without the init_process_group call (a world of 1 else)."""
+    with environ(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", SYNCNORM_USE_MPI=None):
+        nn.SyncBatchNorm(2)(x(4, 2))
+
+
 trigger("group-rank-type")(lambda: group.new_group([0.5]))
 trigger("group-rank-range")(lambda: group.new_group([3]))
 trigger("group-rank-twice")(lambda: group.new_subgroups_by_enumeration([[0, 0]]))
@@ -541,6 +550,37 @@ def _():
     m = re.search(r"^RAISED (.*)$", out, re.M)
     assert m, out
     raise ImportError(m.group(1))  # re-raised here with the child's exact message
+
+
+@trigger("lightning-missing")
+def _():
+    _torch()
+    code = ("import sys\nsys.modules['lightning'] = sys.modules['pytorch_lightning'] = None\n"
+            "try:\n    import syncnorm.torch.lightning\nexcept ImportError as e:\n    print('RAISED', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
+    m = re.search(r"^RAISED (.*)$", out, re.M)
+    assert m, out
+    raise ImportError(m.group(1))  # re-raised here with the child's exact message
+
+
+@trigger("torch-init-twice")
+def _():
+    _torch()
+    import syncnorm.torch as st
+    with environ():  # a plain process: a world of 1
+        st.init_process_group()
+        try:
+            st.init_process_group()
+        finally:
+            st.destroy_process_group(pause=0)
+
+
+@trigger("torch-init-timeout")
+def _():
+    _torch()
+    import syncnorm.torch as st
+    st.init_process_group(timeout="10")
 
 
 @trigger("torch-not-tensor")

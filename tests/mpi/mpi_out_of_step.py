@@ -133,6 +133,8 @@ def test_trouble_in_one_subgroup_leaves_the_other_alone():
     mine, _ = dist.new_subgroups_by_enumeration([[0, 1], [2, 3]])
     a, b = nn.SyncBatchNorm(2, process_group=mine), nn.SyncBatchNorm(2, process_group=mine)
     x = data(2)
+    a(x)  # one step in step: `a` and `b` are layers #0 and #1 of each group
+    b(x)
     if RANK < 2:  # group [0, 1]: rank 1 skips `a`
         all_raise(lambda: (b if RANK == 1 else a)(x), comm=mine.comm)
     else:  # group [2, 3] trains on, exactly
@@ -147,9 +149,10 @@ def test_trouble_in_one_subgroup_leaves_the_other_alone():
 
 @pytest.mark.mpi(min_size=2)
 def test_after_an_out_of_step_error_new_layers_work():
-    """The error leaves the communicator usable: rebuilding the layers on every rank (same creation
-    order) gives exact group statistics again."""
+    """The error leaves the communicator usable: rebuilding the layers on every rank gives exact
+    group statistics again (the group's layer numbering restarts after the error)."""
     a, b = nn.SyncBatchNorm(2), nn.SyncBatchNorm(2)
+    a(data(2))
     all_raise(lambda: (b if RANK == 0 else a)(data(2)))
     fresh = nn.SyncBatchNorm(2)
     y = fresh(data(2))
