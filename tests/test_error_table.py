@@ -51,9 +51,10 @@ class Exit:
 TRIGGERS: dict[str, Callable[[], Any]] = {}
 #: rows that need several ranks: triggered on 2 MPI ranks (see tests/mpi/mpi_error_table.py)
 MPI_ROWS = {"out-of-step", "out-of-step-mpi", "peer-input", "sbn-not-member", "ddp-not-member",
-            "ddp-layout", "torch-world-mismatch"}
-#: rows triggered by a job that must end (the timed-out rank cannot go on)
-JOB_ROWS = {"collective-timeout"}
+            "ddp-layout"}
+#: rows triggered by a job of their own (the timed-out rank cannot go on; 3 MPI ranks of which 2
+#: form a torch world)
+JOB_ROWS = {"collective-timeout", "torch-world-mismatch"}
 
 
 def trigger(*ids: str):
@@ -802,6 +803,19 @@ def test_collective_timeout_row_as_a_job():
     assert m, job.output[-3000:]
     assert matches(row, m.group(1)), m.group(1)
     assert "RanksOutOfStep" not in job.output
+
+
+def test_torch_world_mismatch_row_as_a_job():
+    """An MPI world of 3 whose ranks 0 and 1 also form a torch.distributed world of 2: on those two,
+    process_group=None is ambiguous and the documented error says so."""
+    pytest.importorskip("torch")
+    row = next(r for r in ROWS if r.id == "torch-world-mismatch")
+    job = run_mpi(3, ["tests/support/mpi_workers/torch_ambiguous.py"], timeout=120,
+                  env={"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}).check()
+    found = dict(re.findall(r"^AMBIGUOUS rank (\d): (.*)$", job.output, re.M))
+    assert set(found) == {"0", "1"}, job.output[-3000:]
+    for message in found.values():
+        assert matches(row, message), message
 
 
 # ============================================================================ completeness

@@ -123,30 +123,30 @@ def check_process_group(process_group: Any) -> None:
 def layer_group(process_group: Any) -> ProcessGroup | T.TorchGroup:
     """The group a synchronized layer uses. `process_group=None` means:
 
-    - under an MPI launcher (or with MPI initialized): the MPI world; when torch.distributed is
-      initialized too, its world must be the same size (else refused: which world was meant?);
+    - in an MPI job of several ranks (an MPI launcher started this process): the MPI world; when
+      torch.distributed is initialized with several ranks too, it must be as many (else refused:
+      which world was meant?);
     - else, when torch.distributed is initialized (torchrun, Lightning, a manual rendezvous):
-      torch's default group;
+      torch's default group (an MPI world of 1, e.g. MPI initialized by a library, does not count);
     - else a world of 1, unless torchrun started this process as one of several (refused: the
       statistics would silently stay local).
     """
     if process_group is not None:
         return as_group(process_group)
-    if wants_mpi():
-        world = get_world_group()
-        if T.torch_initialized():
-            n = T.loaded_dist().get_world_size()
-            if n != world.size:
-                info = launcher_info()
-                by = f" ({info.launcher})" if info is not None else ""
-                raise RuntimeError(
-                    f"process_group=None is ambiguous: this process is rank {world.rank} of an MPI "
-                    f"world of {world.size}{by} and of a torch.distributed world of {n}. Start the "
-                    "job with one launcher (torchrun alone, or an MPI launcher with "
-                    "syncnorm.torch.init_process_group), or pass process_group explicitly (a "
-                    "torch.distributed group or a syncnorm ProcessGroup).")
+    world = get_world_group() if wants_mpi() else None
+    n = T.loaded_dist().get_world_size() if T.torch_initialized() else 0
+    if world is not None and world.size > 1:
+        if n > 1 and n != world.size:
+            info = launcher_info()
+            by = f" ({info.launcher})" if info is not None else ""
+            raise RuntimeError(
+                f"process_group=None is ambiguous: this process is rank {world.rank} of an MPI "
+                f"world of {world.size}{by} and of a torch.distributed world of {n}. Start the "
+                "job with one launcher (torchrun alone, or an MPI launcher with "
+                "syncnorm.torch.init_process_group), or pass process_group explicitly (a "
+                "torch.distributed group or a syncnorm ProcessGroup).")
         return world
-    if T.torch_initialized():
+    if n:
         return T.wrap(None)
     if T.started_by_torchrun():
         raise RuntimeError(
@@ -154,7 +154,7 @@ def layer_group(process_group: Any) -> ProcessGroup | T.TorchGroup:
             "started by torchrun (RANK, LOCAL_RANK and WORLD_SIZE are set), but torch.distributed "
             "is not initialized: SyncBatchNorm would only see this rank's batch. Call "
             "torch.distributed.init_process_group('gloo') before the first training step.")
-    return get_world_group()
+    return world if world is not None else get_world_group()
 
 
 def _check_ranks(ranks: Sequence[int], world_size: int, what: str) -> list[int]:

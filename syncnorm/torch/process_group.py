@@ -4,7 +4,9 @@
 rendezvous store (a TCPStore on a port the system picks, so nothing can collide) and sends its
 address and port to the other ranks over MPI (one broadcast of a fixed-size byte buffer). The
 address is 127.0.0.1 when every rank runs on rank 0's host, else the address rank 0 reaches the
-other hosts from; MASTER_ADDR / MASTER_PORT in the environment take precedence.
+other hosts from; MASTER_ADDR / MASTER_PORT in the environment take precedence. Under torchrun
+(no MPI launcher) it is torch's own `init_process_group(init_method="env://")`, so one training
+script runs unchanged under both launchers (and alone, as a world of 1).
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import numpy as np
 import torch.distributed as dist
 
 from ..distributed import comm as C
+from ..distributed.env import wants_mpi
 from ..distributed.group import get_world_group
+from ..distributed.torch_backend import started_by_torchrun
 
 __all__ = ["init_process_group", "destroy_process_group"]
 
@@ -66,7 +70,8 @@ def _address_towards_peers(world) -> str:
 def init_process_group(backend: str = "gloo", timeout: float | datetime.timedelta | None = None
                        ) -> None:
     """Initialize torch.distributed's default group over the MPI job's ranks (same rank, same
-    size); collective over the MPI world. In a plain `python` process: a world of 1.
+    size); collective over the MPI world. Under torchrun: from torchrun's environment (env://).
+    In a plain `python` process: a world of 1.
 
     backend: any torch.distributed backend for CPU tensors ("gloo"). timeout: seconds or a
     timedelta for the rendezvous and torch's collectives (None: torch's default, 30 minutes)."""
@@ -74,6 +79,10 @@ def init_process_group(backend: str = "gloo", timeout: float | datetime.timedelt
         raise RuntimeError("init_process_group: torch.distributed is already initialized (a world of "
                            f"{dist.get_world_size()}); call it once, before building the model")
     td = _timedelta(timeout)
+    kw = {} if td is None else {"timeout": td}
+    if not wants_mpi() and started_by_torchrun():
+        dist.init_process_group(backend, init_method="env://", **kw)
+        return
     world = get_world_group()
     addr = os.environ.get("MASTER_ADDR", "")
     if not addr:
@@ -97,7 +106,6 @@ def init_process_group(backend: str = "gloo", timeout: float | datetime.timedelt
         addr = bytes(msg[1:][msg[1:] != 0].astype(np.uint8)).decode()
     if store is None:
         store = dist.TCPStore(addr, port, world.size, False, timeout=store_timeout)
-    kw = {} if td is None else {"timeout": td}
     dist.init_process_group(backend, store=store, rank=world.rank, world_size=world.size, **kw)
 
 
