@@ -159,3 +159,20 @@ def test_after_an_out_of_step_error_new_layers_work():
     everyone = np.concatenate([data(2, seed=r) for r in range(P)])
     np.testing.assert_allclose(y, nn.BatchNorm1d(2)(everyone)[RANK * 3:(RANK + 1) * 3],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_layers_built_on_one_rank_only_cost_nothing():
+    """Rank 0 builds layers the others do not (a probe before the model, an evaluation copy after
+    it) and uses them outside training: the shared layers train exactly, as layers are numbered by
+    their first training use in the group, not by creation."""
+    if RANK == 0:
+        nn.SyncBatchNorm(2).eval()(data(2))
+    shared = nn.Sequential(nn.SyncBatchNorm(2), nn.ReLU(), nn.SyncBatchNorm(2))
+    if RANK == 0:
+        nn.SyncBatchNorm(2)
+    everyone = np.concatenate([data(2, seed=r) for r in range(P)])
+    ref = nn.Sequential(nn.BatchNorm1d(2), nn.ReLU(), nn.BatchNorm1d(2))
+    for _ in range(2):
+        np.testing.assert_allclose(shared(data(2)), ref(everyone)[RANK * 3:(RANK + 1) * 3],
+                                   rtol=1e-5, atol=1e-6)
