@@ -1,7 +1,9 @@
-"""Communication: process groups and the few collectives syncnorm uses (all in `comm.py`).
+"""Communication: process groups and the few collectives syncnorm uses (the MPI ones in `comm.py`,
+the torch.distributed one in `torch_backend.py`).
 
-Works unchanged under `mpirun -n P` / `srun` and in a plain `python` process (a world of size 1
-that never loads MPI).
+Works unchanged under `mpirun -n P` / `srun`, under `torchrun` (synchronized layers then use torch's
+default group: `group.layer_group`) and in a plain `python` process (a world of size 1 that never
+loads MPI).
 """
 from .comm import CollectiveTimeoutError, default_timeout
 from .env import MPIMismatchError
