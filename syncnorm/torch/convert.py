@@ -124,9 +124,10 @@ def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.M
 
     Returns the converted module (a new object when `module` itself is a BatchNorm). Layers are
     told apart by the order of their first training use in the group, which must be the same on
-    every rank (it is when every rank trains the same model). Subclasses the converter does not know raise a UserWarning naming the methods
-    (and so the behaviour, e.g. an activation) that the SyncBatchNorm will not run. A module object
-    that appears several times in the tree is converted once.
+    every rank (it is when every rank trains the same model). Subclasses the converter does not
+    know raise a UserWarning naming the methods (and so the behaviour, e.g. an activation) that the
+    SyncBatchNorm will not run. A module object that appears several times in the tree is converted
+    once.
     """
     check_process_group(process_group)
     unknown: dict[type, tuple[list[str], set[str]]] = {}
