@@ -21,15 +21,29 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["LayerIdentity", "creation_order", "first_use", "restart"]
 
 _created = itertools.count()
-# group key id -> (the key, kept alive so that its id cannot be reused; sorted creation orders of
-# the layers numbered in that group so far; [how many were numbered, numbering epoch])
+# group key id -> (a weak reference to the key, whose death drops the entry so that a reused id
+# starts afresh; sorted creation orders of the layers numbered in that group so far; [how many
+# were numbered, numbering epoch]). Weak: holding a destroyed torch group would keep gloo's
+# threads alive until exit.
 _REGISTRY: dict[int, tuple[Any, list[int], list[int]]] = {}
+
+
+def _entry(group_key: Any) -> tuple[Any, list[int], list[int]]:
+    k = id(group_key)
+    if k not in _REGISTRY:
+        try:
+            ref: Any = weakref.ref(group_key, lambda _, k=k: _REGISTRY.pop(k, None))
+        except TypeError:  # None (a world of 1) and objects without weak references: kept
+            ref = group_key
+        _REGISTRY[k] = (ref, [], [0, 0])
+    return _REGISTRY[k]
 
 
 def creation_order() -> int:
@@ -54,7 +68,7 @@ class LayerIdentity:
 def first_use(group_key: Any, created: int) -> LayerIdentity:
     """Number a layer (creation order `created`) at its first training use in the group whose
     collectives `group_key` identifies (a communicator or a torch group)."""
-    _, orders, count = _REGISTRY.setdefault(id(group_key), (group_key, [], [0, 0]))
+    _, orders, count = _entry(group_key)
     earlier = bisect.bisect_left(orders, created)
     bisect.insort(orders, created)
     ident = LayerIdentity(count[0], earlier, count[1])
@@ -64,6 +78,6 @@ def first_use(group_key: Any, created: int) -> LayerIdentity:
 
 def restart(group_key: Any) -> None:
     """Start the group's numbering again (every rank does, after RanksOutOfStepError)."""
-    _, orders, count = _REGISTRY.setdefault(id(group_key), (group_key, [], [0, 0]))
+    _, orders, count = _entry(group_key)
     orders.clear()
     count[0], count[1] = 0, count[1] + 1

@@ -136,7 +136,9 @@ if __name__ == "__main__":
     st.init_process_group(timeout=60)
     if dist.get_rank() == 0:  # the rendezvous address the ranks met at (a private attribute)
         store = dist.distributed_c10d._get_default_store()
-        print(f"INIT-ADDRESS {getattr(store, 'underlying_store', store).host}", flush=True)
+        while hasattr(store, "underlying_store"):  # PrefixStores around the TCPStore
+            store = store.underlying_store
+        print(f"INIT-ADDRESS {getattr(store, 'host', '?')}", flush=True)
     for case in (subgroups, empty_rank, extra_layers_on_rank_0, numpy_layers_over_torch, out_of_step):
         case()
     st.destroy_process_group()
