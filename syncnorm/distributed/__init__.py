@@ -1,8 +1,10 @@
-"""Communication: process groups, and group-level collectives (`all_reduce`, `all_gather`,
-`broadcast`) for applications; every MPI call lives in `comm.py`.
+"""Communication: process groups, the statistics exchange, and group-level collectives
+(`all_reduce`, `all_gather`, `broadcast`) for applications. Every MPI call lives in `comm.py`, the
+torch.distributed one in `torch_backend.py`.
 
-Works unchanged under `mpirun -n P` / `srun` and in a plain `python` process (a world of size 1
-that never loads MPI).
+Works unchanged under `mpirun -n P` / `srun`, under `torchrun` (synchronized layers then use torch's
+default group: `group.layer_group`) and in a plain `python` process (a world of size 1 that never
+loads MPI).
 """
 from .collectives import all_gather, all_reduce, broadcast
 from .comm import CollectiveTimeoutError, default_timeout

@@ -17,7 +17,8 @@ import numpy as np
 from . import failsafe
 
 __all__ = ["mpi", "allreduce_sum", "broadcast", "allgather", "split", "create_group",
-           "split_shared", "abort", "CollectiveTimeoutError", "default_timeout"]
+           "split_shared", "abort", "CollectiveTimeoutError", "BufferMismatchError", "timed_out",
+           "default_timeout"]
 
 
 class CollectiveTimeoutError(RuntimeError):
@@ -42,18 +43,29 @@ def default_timeout() -> float | None:
     return t if t > 0 else None
 
 
+class BufferMismatchError(RuntimeError):
+    """The transport refused a collective because the ranks passed buffers of different sizes
+    (MPI's truncation error); the exchange turns it into RanksOutOfStepError."""
+
+
+def timed_out(what: str, timeout: float, where: str) -> CollectiveTimeoutError:
+    """The error for a collective that missed its deadline, after saying so on stderr and arming
+    the exit watchdog (`failsafe`): the transport is unusable from here, on MPI and gloo alike."""
+    err = CollectiveTimeoutError(
+        f"{what} did not complete within {timeout:g} s: a rank of the group is dead, "
+        "unreachable, or not making the same call (ranks out of step). Aborting is the only "
+        "safe way on from here.")
+    # say so now and make sure this process ends (MPI's own abort can hang on a dead link)
+    failsafe.report_fatal(f"CollectiveTimeoutError: {err}", where)
+    return err
+
+
 def _wait(req: Any, timeout: float, what: str, comm: Any = None) -> None:
     deadline = time.monotonic() + timeout
     pause = 0.0
     while not req.Test():
         if time.monotonic() > deadline:
-            err = CollectiveTimeoutError(
-                f"{what} did not complete within {timeout:g} s: a rank of the group is dead, "
-                "unreachable, or not making the same call (ranks out of step). Aborting is the only "
-                "safe way on from here.")
-            # say so now and make sure this process ends (MPI's own abort can hang on a dead link)
-            failsafe.report_fatal(f"CollectiveTimeoutError: {err}", _where(comm))
-            raise err
+            raise timed_out(what, timeout, _where(comm))
         time.sleep(pause)
         pause = min(1e-3, pause + 2e-5)
 

@@ -13,43 +13,43 @@ at 4 ranks) instead of failing.
 Ranks out of step fail loudly instead of mixing statistics. Each rank adds two 16-bit values v and
 their squares v*v. The reduced sums are the same on every rank, and P * sum(v*v) == sum(v)**2 holds
 exactly when all ranks sent the same v (Cauchy-Schwarz), so every rank reaches the same verdict with
-no extra message. v1 hashes the layer's identity (its creation order, the same on every rank that
-builds the same model), its call counter, its channel count and the phase; v2 hashes what else must
+no extra message. v1 hashes the layer's identity (`identity.first_use`: the order of its first
+training use in the group, the same on every rank that runs the same layers, whatever else a rank
+built), its call counter, its channel count and the phase; v2 hashes what else must
 agree (the dtype, and the statistics shift, which must be equal on all ranks for the sums to be
 exact). The fingerprint leads the buffer, so even a partial message is caught.
 
 A rank whose input is bad still joins the collective with `errors` = 1 and then raises its own
 error; the other ranks see errors > 0 and raise too, so no rank waits for ever on a peer that left.
 
-Limit (MPI's, not ours): two ranks whose calls pair layers with *different* channel counts pass
-buffers of different lengths, which MPI defines as erroneous; Open MPI reports a truncation (raised
-here as RanksOutOfStepError) for small buffers on 2 ranks, but may hang on more ranks or corrupt
-memory for large buffers. Set
+The group is an MPI communicator (`group.ProcessGroup`) or a torch.distributed group
+(`torch_backend.TorchGroup`): the same buffer, the same one collective, through either transport.
+
+Limit (the transports', not ours): two ranks whose calls pair layers with *different* channel counts
+pass buffers of different lengths, which MPI defines as erroneous; Open MPI reports a truncation
+(raised here as RanksOutOfStepError) for small buffers on 2 ranks, but may hang on more ranks or
+corrupt memory for large buffers; gloo aborts the process (SIGABRT, "Received data size doesn't
+match expected size"). Set
 SYNCNORM_CHECK_ORDER=1 (or `check_order=True`) while debugging: each call then first exchanges a
 fixed-size fingerprint (a second, 64-byte collective), which turns every such case into a clean error.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import zlib
 from typing import Any
 
 import numpy as np
 
-from .comm import allreduce_sum, default_timeout, mpi
-from .group import ProcessGroup, as_group, get_world_group
+from .comm import BufferMismatchError, default_timeout
+from .group import ProcessGroup, get_world_group, layer_group
+from .identity import LayerIdentity, creation_order, first_use, restart
+from .torch_backend import TorchGroup
 
-__all__ = ["StatsExchange", "exchange_for", "RanksOutOfStepError", "PeerInputError", "next_layer_index",
+__all__ = ["StatsExchange", "exchange_for", "RanksOutOfStepError", "PeerInputError", "creation_order",
            "fingerprint"]
 
-_layer_ids = itertools.count()
 _HEAD = 5  # v1, v1*v1, v2, v2*v2, errors
-
-
-def next_layer_index() -> int:
-    """A per-process creation counter: equal on every rank that builds the same model."""
-    return next(_layer_ids)
 
 
 class RanksOutOfStepError(RuntimeError):
@@ -72,8 +72,9 @@ def _env_flag(name: str) -> bool:
 class StatsExchange:
     """Counters, buffers and the two collectives of one layer within `group`."""
 
-    def __init__(self, group: ProcessGroup, layer_index: int, channels: int, label: str,
-                 timeout: float | None = None, check_order: bool | None = None) -> None:
+    def __init__(self, group: ProcessGroup | TorchGroup, layer_index: int | LayerIdentity,
+                 channels: int, label: str, timeout: float | None = None,
+                 check_order: bool | None = None) -> None:
         self.group = group
         self.layer_index = layer_index
         self.channels = channels
@@ -103,8 +104,9 @@ class StatsExchange:
     def _reduce(self, buf: np.ndarray, what: str) -> None:
         timeout = self.timeout if self.timeout is not None else default_timeout()
         try:
-            allreduce_sum(buf, self.group.comm, timeout, f"{what} of {self.describe()}")
-        except mpi().Exception as e:  # MPI reported an error (truncation: buffers of other sizes)
+            self.group.allreduce_sum(buf, timeout, f"{what} of {self.describe()}")
+        except BufferMismatchError as e:  # MPI reported a truncation: buffers of other sizes
+            restart(self.group.key)  # the peers raise out-of-step in this call too
             raise RanksOutOfStepError(
                 f"{self.describe()}: MPI failed in the {what} ({e}); the ranks passed buffers of "
                 "different sizes, so they are not calling the same layer. Every rank of a group "
@@ -112,6 +114,7 @@ class StatsExchange:
 
     def _check(self, v_sum: float, v_sq: float, name: str, phase: str) -> None:
         if self.group.size * int(v_sq) != int(v_sum) ** 2:
+            restart(self.group.key)  # every rank sees the same sums: all restart the numbering
             raise RanksOutOfStepError(
                 f"{self.describe()}: the ranks' {phase} calls do not match ({name} fingerprints "
                 "differ): some rank skipped a layer, called layers in another order, ran an extra "
@@ -180,22 +183,32 @@ class StatsExchange:
                        phase, True)
 
 
-def exchange_for(current: StatsExchange | None, process_group: Any, layer_index: int,
+def exchange_for(current: StatsExchange | None, process_group: Any, created: int,
                  channels: int, label: str, timeout: float | None,
                  check: Any = None) -> StatsExchange:
     """A layer's StatsExchange: `current` while it still fits the layer (channels, timeout), else
-    a new one over `process_group` resolved now (None = the world), with the call counters carried
-    over. `check(group)` may veto the group. Raises ValueError when this rank is not a member."""
+    a new one over `process_group` resolved now (`group.layer_group`: None = the world of the
+    launcher), with the identity and call counters carried over. A layer's first exchange numbers
+    it in its group (`identity.first_use`; `created`: its creation order on this rank).
+    `check(group)` may veto the group. Raises ValueError when this rank is not a member."""
     if current is not None and current.channels == channels and current.timeout == timeout:
         return current
-    g = as_group(process_group)
+    g = layer_group(process_group)
     if not g.is_member:
-        w = get_world_group()
         raise ValueError(f"{label}: process_group {g} does not contain this rank (world rank "
-                         f"{w.ranks[w.rank]}); pass the group this rank belongs to")
+                         f"{_world_rank(g)}); pass the group this rank belongs to")
     if check is not None:
         check(g)
-    ex = StatsExchange(g, layer_index, channels, label, timeout)
+    ident = current.layer_index if current is not None else first_use(g.key, created)
+    ex = StatsExchange(g, ident, channels, label, timeout)
     if current is not None:
         ex.forward_calls, ex.backward_calls = current.forward_calls, current.backward_calls
     return ex
+
+
+def _world_rank(g: ProcessGroup | TorchGroup) -> int:
+    if isinstance(g, TorchGroup):
+        import torch.distributed as dist
+        return dist.get_rank()
+    w = get_world_group()
+    return w.ranks[w.rank]

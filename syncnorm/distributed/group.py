@@ -2,20 +2,23 @@
 
 A `ProcessGroup` is a set of world ranks; members hold an MPI communicator over them. The world of a
 plain `python` process is a group of size 1 that never touches MPI. Anywhere a group is accepted, an
-mpi4py communicator is accepted too.
+mpi4py communicator is accepted too; a synchronized layer also accepts a torch.distributed group
+(`torch_backend.TorchGroup`), and `layer_group` says which group `process_group=None` means.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
 
-from .comm import allgather, create_group, mpi, split, split_shared
-from .env import check_launcher_family, check_world, wants_mpi
+from . import torch_backend
+from .comm import BufferMismatchError, allgather, allreduce_sum, create_group, mpi, split, split_shared
+from .env import check_launcher_family, check_world, launcher_info, wants_mpi
 
 __all__ = ["ProcessGroup", "get_world_group", "get_rank", "get_world_size", "new_group",
            "new_subgroups", "new_subgroups_by_enumeration", "split_by_node", "as_group",
-           "check_process_group"]
+           "check_process_group", "layer_group"]
 
 
 class ProcessGroup:
@@ -29,13 +32,28 @@ class ProcessGroup:
         self.rank = self.ranks.index(my_world_rank) if my_world_rank in self.ranks else -1
         self.size = len(self.ranks)
 
+    backend = "mpi"
+
     @property
     def is_member(self) -> bool:
         """True when this process belongs to the group (it has a rank in it)."""
         return self.rank >= 0
 
+    @property
+    def key(self) -> Any:
+        """What identifies the group's stream of collectives (its communicator)."""
+        return self.comm
+
     def __repr__(self) -> str:
         return f"ProcessGroup({self.name}, ranks={list(self.ranks)})"
+
+    def allreduce_sum(self, buf: np.ndarray, timeout: float | None, what: str) -> np.ndarray:
+        """Sum contiguous `buf` in place over the group (ONE Allreduce); MPI's error for buffers
+        of different sizes becomes `comm.BufferMismatchError`."""
+        try:
+            return allreduce_sum(buf, self.comm, timeout, what)
+        except mpi().Exception as e:
+            raise BufferMismatchError(str(e)) from e
 
 
 _WORLD: ProcessGroup | None = None
@@ -73,13 +91,15 @@ def _world_ranks_of(communicator: Any) -> list[int]:
     return list(communicator.Get_group().Translate_ranks(list(range(size)), w.comm.Get_group()))
 
 
-def as_group(group: Any) -> ProcessGroup:
-    """Accept None (world), a ProcessGroup, or an mpi4py communicator."""
+def as_group(group: Any) -> ProcessGroup | torch_backend.TorchGroup:
+    """Accept None (world), a ProcessGroup, an mpi4py communicator or a torch.distributed group."""
     if group is None:
         return get_world_group()
-    if isinstance(group, ProcessGroup):
+    if isinstance(group, (ProcessGroup, torch_backend.TorchGroup)):
         return group
     check_process_group(group)
+    if torch_backend.is_torch_group(group):
+        return torch_backend.wrap(group)
     w = get_world_group()
     ranks = _world_ranks_of(group)
     me = ranks[group.Get_rank()] if w.comm is not None else 0
@@ -91,17 +111,51 @@ def _is_communicator(obj: Any) -> bool:
 
 
 def check_process_group(process_group: Any) -> None:
-    """Raise a TypeError unless `process_group` is None, a ProcessGroup or an mpi4py communicator
-    (checked without starting MPI; every `process_group=` argument goes through here)."""
-    if process_group is None or isinstance(process_group, ProcessGroup) or _is_communicator(process_group):
+    """Raise a TypeError unless `process_group` is None, a ProcessGroup, an mpi4py communicator or
+    a torch.distributed group (checked without starting MPI or importing torch; every
+    `process_group=` argument goes through here)."""
+    if (process_group is None or isinstance(process_group, (ProcessGroup, torch_backend.TorchGroup))
+            or _is_communicator(process_group) or torch_backend.is_torch_group(process_group)):
         return
-    hint = ""
-    if type(process_group).__module__.startswith("torch"):
-        hint = (" (a torch.distributed group cannot carry syncnorm's MPI collectives: make the same "
-                "ranks into a group with syncnorm.distributed.new_group(ranks) or "
-                "new_subgroups_by_enumeration)")
-    raise TypeError("process_group must be a syncnorm ProcessGroup, an mpi4py communicator or None; "
-                    f"got {type(process_group).__name__}{hint}")
+    raise TypeError("process_group must be a syncnorm ProcessGroup, an mpi4py communicator, a "
+                    f"torch.distributed group or None; got {type(process_group).__name__}")
+
+
+def layer_group(process_group: Any) -> ProcessGroup | torch_backend.TorchGroup:
+    """The group a synchronized layer uses. `process_group=None` means:
+
+    - in an MPI job of several ranks (an MPI launcher started this process): the MPI world; when
+      torch.distributed is initialized with several ranks too, it must be as many (else refused:
+      which world was meant?);
+    - else, when torch.distributed is initialized (torchrun, Lightning, a manual rendezvous):
+      torch's default group (an MPI world of 1, e.g. MPI initialized by a library, does not count);
+    - else a world of 1, unless torchrun started this process as one of several (refused: the
+      statistics would silently stay local).
+    """
+    if process_group is not None:
+        return as_group(process_group)
+    world = get_world_group() if wants_mpi() else None
+    n = torch_backend.loaded_dist().get_world_size() if torch_backend.torch_initialized() else 0
+    if world is not None and world.size > 1:
+        if n > 1 and n != world.size:
+            info = launcher_info()
+            by = f" ({info.launcher})" if info is not None else ""
+            raise RuntimeError(
+                f"process_group=None is ambiguous: this process is rank {world.rank} of an MPI "
+                f"world of {world.size}{by} and of a torch.distributed world of {n}. Start the "
+                "job with one launcher (torchrun alone, or an MPI launcher with "
+                "syncnorm.torch.init_process_group), or pass process_group explicitly (a "
+                "torch.distributed group or a syncnorm ProcessGroup).")
+        return world
+    if n:
+        return torch_backend.wrap(None)
+    if torch_backend.started_by_torchrun():
+        raise RuntimeError(
+            f"this process is rank {os.environ.get('RANK')} of {os.environ.get('WORLD_SIZE')} "
+            "started by torchrun (RANK, LOCAL_RANK and WORLD_SIZE are set), but torch.distributed "
+            "is not initialized: SyncBatchNorm would only see this rank's batch. Call "
+            "torch.distributed.init_process_group('gloo') before the first training step.")
+    return world if world is not None else get_world_group()
 
 
 def _check_ranks(ranks: Sequence[int], world_size: int, what: str) -> list[int]:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..distributed.exchange import RanksOutOfStepError, StatsExchange, exchange_for, next_layer_index
+from ..distributed.exchange import RanksOutOfStepError, StatsExchange, creation_order, exchange_for
 from ..distributed.group import check_process_group
 from .batchnorm import _BatchNorm
 
@@ -21,11 +21,13 @@ class SyncBatchNorm(_BatchNorm):
     """BatchNorm over (N, C, *) inputs (any rank >= 2) with statistics summed over `process_group`.
 
     Args as torch.nn.SyncBatchNorm; `process_group` is a syncnorm ProcessGroup, an mpi4py
-    communicator, or None (the world). `timeout` (seconds, keyword-only) bounds each collective;
+    communicator, a torch.distributed group, or None (the launcher's world: see
+    `distributed.group.layer_group`). `timeout` (seconds, keyword-only) bounds each collective;
     None takes SYNCNORM_COLLECTIVE_TIMEOUT from the environment, or waits for ever when it is unset.
     num_features, eps, momentum, affine, track_running_stats, device, dtype and check_finite are
     `BatchNorm2d`'s. Every rank of the group must run the same synchronized layers in the same
-    order (build the same model); otherwise every rank raises RanksOutOfStepError, and a rank
+    order (layers built on some ranks only are free while they do not train in the group);
+    otherwise every rank raises RanksOutOfStepError, and a rank
     whose input is refused raises its own error while its peers raise PeerInputError.
 
     Exact for uneven batches and for ranks with 0 samples (they still take part in both
@@ -49,7 +51,7 @@ class SyncBatchNorm(_BatchNorm):
         self.process_group = process_group
         self.timeout = timeout
         self._original_class = original
-        self._layer_index = next_layer_index()
+        self._layer_index = creation_order()  # identity: first training use (distributed.identity)
         self._exchange: StatsExchange | None = None
 
     # ------------------------------------------------------------------ checks

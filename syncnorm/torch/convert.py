@@ -95,14 +95,15 @@ def _to_sync(m: _BatchNorm, process_group: Any) -> SyncBatchNorm:
 def convert_sync_batchnorm(module: nn.Module, process_group: Any = None) -> nn.Module:
     """Replace every torch BatchNorm (any `_BatchNorm`: BatchNorm1d/2d/3d, their lazy forms,
     torch.nn.SyncBatchNorm, subclasses) in the tree by a syncnorm `SyncBatchNorm` over
-    `process_group` (a syncnorm ProcessGroup, an mpi4py communicator, or None = the MPI world).
+    `process_group` (a torch.distributed group, a syncnorm ProcessGroup, an mpi4py communicator,
+    or None = the launcher's world: torch's default group under torchrun, else the MPI world).
 
     Returns the converted module (a new object when `module` itself is a BatchNorm). Layers are
-    numbered in traversal order, which must be the same on every rank (it is when every rank builds
-    the same model). A subclass keeps what it adds: it becomes a `Sync<Name>` class made from it
-    and SyncBatchNorm (see `syncnorm.torch.subclass`); the few that cannot be kept raise TypeError
-    before anything is converted. A module object that appears several times in the tree is
-    converted once.
+    told apart by the order of their first training use in the group, which must be the same on
+    every rank (it is when every rank trains the same model). A subclass keeps what it adds: it
+    becomes a `Sync<Name>` class made from it and SyncBatchNorm (see `syncnorm.torch.subclass`);
+    the few that cannot be kept raise TypeError before anything is converted. A module object that
+    appears several times in the tree is converted once.
     """
     check_process_group(process_group)
     _check_subclasses(module, "", set())

@@ -1,4 +1,4 @@
-"""`SyncBatchNorm` for PyTorch CPU tensors over MPI, and its lazy variant.
+"""`SyncBatchNorm` for PyTorch CPU tensors over MPI or torch.distributed, and its lazy variant.
 
 torch.nn.SyncBatchNorm refuses CPU tensors ("SyncBatchNorm expected input tensor to be on GPU");
 this layer takes its place on CPUs. The communication (`distributed.exchange.StatsExchange`: one
@@ -19,8 +19,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm, _LazyNormBase
 
-from ..distributed.exchange import RanksOutOfStepError, StatsExchange, exchange_for, next_layer_index
-from ..distributed.group import ProcessGroup, check_process_group
+from ..distributed.exchange import RanksOutOfStepError, StatsExchange, creation_order, exchange_for
+from ..distributed.group import check_process_group
 from ..functional.stats import Mode, StepPlan, choose_shift, running_update, unbiased
 from . import _views as views
 from . import ops
@@ -42,8 +42,10 @@ class SyncBatchNorm(_BatchNorm):
     the ranks of an MPI process group.
 
     Args as torch.nn.SyncBatchNorm (num_features, eps, momentum, affine, track_running_stats,
-    process_group, device, dtype, keyword-only bias). `process_group`: a syncnorm ProcessGroup, an
-    mpi4py communicator, or None for the MPI world (a plain `python` process is a world of size 1).
+    process_group, device, dtype, keyword-only bias). `process_group`: a torch.distributed group
+    (gloo), a syncnorm ProcessGroup or an mpi4py communicator (MPI), or None: the MPI world under an
+    MPI launcher, torch's default group under torchrun (`distributed.group.layer_group`); a plain
+    `python` process is a world of size 1.
     `timeout` (keyword-only, seconds) bounds each collective; None takes SYNCNORM_COLLECTIVE_TIMEOUT
     from the environment, or waits for ever when it is unset.
 
@@ -101,7 +103,7 @@ class SyncBatchNorm(_BatchNorm):
         self.process_group = process_group
         self.timeout = timeout
         self._original_class = original
-        self._layer_index = next_layer_index()
+        self._layer_index = creation_order()  # identity: first training use (distributed.identity)
         self._exchange: StatsExchange | None = None
         self._stat_shift: np.ndarray | None = None
         self._op_key: int = ops.register(self)
@@ -126,10 +128,9 @@ class SyncBatchNorm(_BatchNorm):
 
     # ------------------------------------------------------------------ the group
     def _get_exchange(self) -> StatsExchange:
-        check = _check_world_matches_torch_distributed if self.process_group is None else None
         self._exchange = exchange_for(self._exchange, self.process_group, self._layer_index,
                                       self.num_features, "syncnorm.torch.SyncBatchNorm",
-                                      self.timeout, check)
+                                      self.timeout)
         return self._exchange
 
     # ------------------------------------------------------------------ statistics
@@ -283,19 +284,3 @@ def _as(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     if t is None or t.dtype == dtype:
         return t
     return t.to(dtype)
-
-
-def _check_world_matches_torch_distributed(world: ProcessGroup) -> None:
-    """Fail early when torch.distributed runs more ranks than the MPI world syncnorm sees (e.g. a
-    job started with torchrun instead of mpirun): the statistics would silently stay local."""
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized()):
-        return
-    n = dist.get_world_size()
-    if n != world.size:
-        raise RuntimeError(
-            f"torch.distributed runs {n} ranks but syncnorm's MPI world has {world.size} "
-            f"process{'es' if world.size != 1 else ''}: SyncBatchNorm would not synchronize the "
-            "statistics of the ranks it cannot see. Start the job with an MPI launcher "
-            "(`syncnorm-launch -n N -- python train.py`, mpirun, srun) and initialize "
-            "torch.distributed inside it, or pass process_group explicitly.")

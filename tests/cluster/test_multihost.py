@@ -120,3 +120,20 @@ def test_training_steps_across_hosts_equal_the_single_host_run(cluster, tmp_path
     assert result, res.output[-3000:]
     print(f"training, 4 ranks on 3 hosts: step {a.meta['global_step']}, "
           f"test_loss {result[2]}, {res.seconds:.1f} s")
+
+
+def test_torch_init_process_group_and_gloo_across_hosts(cluster):
+    """syncnorm.torch.init_process_group across h1..h3 (rank 0 sends the address it reaches the
+    other hosts from, over MPI): torch subgroups, an empty rank, extra layers on rank 0 and ranks
+    out of step, over gloo and MPI between namespaces (tests/support/mpi_workers/torch_groups.py)."""
+    pytest.importorskip("torch")
+    env = job_env()
+    env.update({"OMP_NUM_THREADS": "1"})
+    res = cluster.run("h1", cluster.launch_line(
+        4, [PY, "-m", "mpi4py", str(ROOT / "tests/support/mpi_workers/torch_groups.py")],
+        "h1:2,h2:1,h3:1", timeout=150), timeout=200, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.output[-4000:]
+    done = set(re.findall(r"CASE-OK (\S+) rank (\d)", res.output))
+    cases = ("subgroups", "empty-rank", "extra-layers", "numpy", "out-of-step")
+    assert done == {(c, str(r)) for c in cases for r in range(4)}, res.output[-3000:]
+    assert "INIT-ADDRESS 10.77.0.1" in res.output, res.output[-3000:]

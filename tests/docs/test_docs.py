@@ -156,11 +156,14 @@ def test_example_runs(block: Block, tmp_path: Path) -> None:
     if "skip" in block.attrs:
         assert block.lang in SHELL and runs_test_suite(block.code)
         pytest.skip(f"{block.id}: {block.attrs['skip']}")
-    if ("import torch" in block.code or "from torch" in block.code
-            or "syncnorm.torch" in block.code) and not HAS_TORCH:
+    files = page_files(block)
+    code = block.code + "".join(c for n, c in files.items() if n in block.code)  # and what it runs
+    if ("import torch" in code or "from torch" in code or "syncnorm.torch" in code) and not HAS_TORCH:
         pytest.skip("the example needs torch, which is not installed")
-    for name, code in page_files(block).items():
-        (tmp_path / name).write_text(code)
+    if "import lightning" in code and importlib.util.find_spec("lightning") is None:
+        pytest.skip("the example needs Lightning, which is not installed")
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
     if block.lang in PYTHON:
         script = tmp_path / (block.title or "example.py")
         script.write_text(block.code)

@@ -53,9 +53,10 @@ class Exit:
 TRIGGERS: dict[str, Callable[[], Any]] = {}
 #: rows that need several ranks: triggered on 2 MPI ranks (see mpi_workers/mpi_error_table.py)
 MPI_ROWS = {"out-of-step", "out-of-step-mpi", "peer-input", "sbn-not-member", "ddp-not-member",
-            "ddp-layout", "torch-world-mismatch"}
-#: rows triggered by a job that must end (the timed-out rank cannot go on)
-JOB_ROWS = {"collective-timeout"}
+            "ddp-layout"}
+#: rows triggered by a job of their own (the timed-out rank cannot go on; 3 MPI ranks of which 2
+#: form a torch world)
+JOB_ROWS = {"collective-timeout", "torch-world-mismatch"}
 
 
 def trigger(*ids: str):
@@ -454,6 +455,15 @@ def _():
 
 # ============================================================================ groups, MPI, launchers
 trigger("group-type")(lambda: nn.SyncBatchNorm(2, process_group="world"))
+
+
+@trigger("torchrun-not-initialized")
+def _():
+    """What torchrun sets for a worker, without the init_process_group call (a world of 1 else)."""
+    with environ(RANK="1", LOCAL_RANK="1", WORLD_SIZE="2", SYNCNORM_USE_MPI=None):
+        nn.SyncBatchNorm(2)(x(4, 2))
+
+
 trigger("group-rank-type")(lambda: group.new_group([0.5]))
 trigger("group-rank-range")(lambda: group.new_group([3]))
 trigger("group-rank-twice")(lambda: group.new_subgroups_by_enumeration([[0, 0]]))
@@ -563,6 +573,37 @@ def _():
     m = re.search(r"^RAISED (.*)$", out, re.M)
     assert m, out
     raise ImportError(m.group(1))  # re-raised here with the child's exact message
+
+
+@trigger("lightning-missing")
+def _():
+    _torch()
+    code = ("import sys\nsys.modules['lightning'] = sys.modules['pytorch_lightning'] = None\n"
+            "try:\n    import syncnorm.torch.lightning\nexcept ImportError as e:\n    print('RAISED', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT))).stdout
+    m = re.search(r"^RAISED (.*)$", out, re.M)
+    assert m, out
+    raise ImportError(m.group(1))  # re-raised here with the child's exact message
+
+
+@trigger("torch-init-twice")
+def _():
+    _torch()
+    import syncnorm.torch as st
+    with environ():  # a plain process: a world of 1
+        st.init_process_group()
+        try:
+            st.init_process_group()
+        finally:
+            st.destroy_process_group(pause=0)
+
+
+@trigger("torch-init-timeout")
+def _():
+    _torch()
+    import syncnorm.torch as st
+    st.init_process_group(timeout="10")
 
 
 @trigger("torch-not-tensor")
@@ -927,6 +968,19 @@ def test_collective_timeout_row_as_a_job():
     assert m, job.output[-3000:]
     assert matches(row, m.group(1)), m.group(1)
     assert "RanksOutOfStep" not in job.output
+
+
+def test_torch_world_mismatch_row_as_a_job():
+    """An MPI world of 3 whose ranks 0 and 1 also form a torch.distributed world of 2: on those two,
+    process_group=None is ambiguous and the documented error says so."""
+    pytest.importorskip("torch")
+    row = next(r for r in ROWS if r.id == "torch-world-mismatch")
+    job = run_mpi(3, ["tests/support/mpi_workers/torch_ambiguous.py"], timeout=120,
+                  env={"OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}).check()
+    found = dict(re.findall(r"^AMBIGUOUS rank (\d): (.*)$", job.output, re.M))
+    assert set(found) == {"0", "1"}, job.output[-3000:]
+    for message in found.values():
+        assert matches(row, message), message
 
 
 # ============================================================================ completeness

@@ -232,26 +232,29 @@ def test_converted_layers_keep_their_input_dimension_check():
 
 def test_bad_process_group_is_refused_at_construction():
     with pytest.raises(TypeError, match="process_group must be a syncnorm ProcessGroup, an mpi4py "
-                                        "communicator or None; got str"):
+                                        "communicator, a torch.distributed group or None; got str"):
         SyncBatchNorm(3, process_group="world")
     with pytest.raises(TypeError, match="process_group must be"):
         convert_sync_batchnorm(nn.BatchNorm1d(3), process_group=3)
 
 
-def test_a_torch_distributed_group_gets_a_hint(tmp_path):
+def test_a_torch_distributed_group_is_accepted(tmp_path):
     import torch.distributed as tdist
     tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        with pytest.raises(TypeError, match="torch.distributed group cannot carry syncnorm's MPI"):
-            SyncBatchNorm(3, process_group=tdist.group.WORLD)
-        SyncBatchNorm(3)(torch.randn(4, 3))  # torch.distributed world of 1 == syncnorm's: fine
+        m = SyncBatchNorm(3, process_group=tdist.group.WORLD)
+        m(torch.randn(4, 3))
+        assert m._exchange.group.backend == "torch" and m._exchange.group.size == 1
+        d = SyncBatchNorm(3)
+        d(torch.randn(4, 3))  # None in a plain process with torch initialized: torch's world of 1
+        assert d._exchange.group.backend == "torch"
     finally:
         tdist.destroy_process_group()
 
 
-def test_torchrun_style_job_without_mpi_fails_instead_of_not_syncing(tmp_path):
-    """Two processes with a torch.distributed world of 2 but no MPI launcher: syncnorm sees a world
-    of 1 and must refuse to train rather than keep the statistics local."""
+def test_torchrun_style_job_without_mpi_synchronizes_over_torch(tmp_path):
+    """Two processes with a torch.distributed world of 2 and no MPI launcher: process_group=None is
+    torch's default group, and each rank normalizes with the statistics of both batches."""
     script = tmp_path / "torchrun_like.py"
     script.write_text(textwrap.dedent(f"""
         import sys, torch, torch.distributed as tdist
@@ -259,11 +262,11 @@ def test_torchrun_style_job_without_mpi_fails_instead_of_not_syncing(tmp_path):
         rank = int(sys.argv[1])
         tdist.init_process_group("gloo", init_method="file://{tmp_path / 'store'}", rank=rank,
                                  world_size=2)
-        try:
-            SyncBatchNorm(3)(torch.randn(4, 3))
-            print("NO ERROR")
-        except RuntimeError as e:
-            print("ERROR", e)
+        both = torch.arange(24, dtype=torch.float64).reshape(8, 3) ** 1.5
+        y = SyncBatchNorm(3).double()(both[4 * rank:4 * rank + 4])
+        ref = torch.nn.BatchNorm1d(3).double()(both)[4 * rank:4 * rank + 4]
+        print("SYNCED" if torch.allclose(y, ref, atol=1e-12) else "NOT SYNCED", flush=True)
+        print("mpi4py loaded:", "mpi4py.MPI" in sys.modules, flush=True)
         tdist.barrier()
         tdist.destroy_process_group()
     """))
@@ -280,4 +283,4 @@ def test_torchrun_style_job_without_mpi_fails_instead_of_not_syncing(tmp_path):
             if p.poll() is None:
                 p.kill()
     for out in outs:
-        assert "ERROR torch.distributed runs 2 ranks but syncnorm's MPI world has 1 process" in out, out
+        assert "SYNCED\nmpi4py loaded: False" in out, out

@@ -133,6 +133,8 @@ def test_trouble_in_one_subgroup_leaves_the_other_alone():
     mine, _ = dist.new_subgroups_by_enumeration([[0, 1], [2, 3]])
     a, b = nn.SyncBatchNorm(2, process_group=mine), nn.SyncBatchNorm(2, process_group=mine)
     x = data(2)
+    a(x)  # one step in step: `a` and `b` are layers #0 and #1 of each group
+    b(x)
     if RANK < 2:  # group [0, 1]: rank 1 skips `a`
         all_raise(lambda: (b if RANK == 1 else a)(x), comm=mine.comm)
     else:  # group [2, 3] trains on, exactly
@@ -147,12 +149,30 @@ def test_trouble_in_one_subgroup_leaves_the_other_alone():
 
 @pytest.mark.mpi(min_size=2)
 def test_after_an_out_of_step_error_new_layers_work():
-    """The error leaves the communicator usable: rebuilding the layers on every rank (same creation
-    order) gives exact group statistics again."""
+    """The error leaves the communicator usable: rebuilding the layers on every rank gives exact
+    group statistics again (the group's layer numbering restarts after the error)."""
     a, b = nn.SyncBatchNorm(2), nn.SyncBatchNorm(2)
+    a(data(2))
     all_raise(lambda: (b if RANK == 0 else a)(data(2)))
     fresh = nn.SyncBatchNorm(2)
     y = fresh(data(2))
     everyone = np.concatenate([data(2, seed=r) for r in range(P)])
     np.testing.assert_allclose(y, nn.BatchNorm1d(2)(everyone)[RANK * 3:(RANK + 1) * 3],
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.mpi(min_size=2)
+def test_layers_built_on_one_rank_only_cost_nothing():
+    """Rank 0 builds layers the others do not (a probe before the model, an evaluation copy after
+    it) and uses them outside training: the shared layers train exactly, as layers are numbered by
+    their first training use in the group, not by creation."""
+    if RANK == 0:
+        nn.SyncBatchNorm(2).eval()(data(2))
+    shared = nn.Sequential(nn.SyncBatchNorm(2), nn.ReLU(), nn.SyncBatchNorm(2))
+    if RANK == 0:
+        nn.SyncBatchNorm(2)
+    everyone = np.concatenate([data(2, seed=r) for r in range(P)])
+    ref = nn.Sequential(nn.BatchNorm1d(2), nn.ReLU(), nn.BatchNorm1d(2))
+    for _ in range(2):
+        np.testing.assert_allclose(shared(data(2)), ref(everyone)[RANK * 3:(RANK + 1) * 3],
+                                   rtol=1e-5, atol=1e-6)

@@ -14,13 +14,13 @@ from mpi4py import MPI
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from syncnorm.distributed import exchange as sn_exchange
+from syncnorm.distributed import group as sn_group
 from syncnorm.torch import RanksOutOfStepError, convert_sync_batchnorm
 
 torch.set_num_threads(1)
 world = MPI.COMM_WORLD
 CALLS = {"allreduce": 0}
-_real_allreduce = sn_exchange.allreduce_sum  # the MPI call the statistics exchange makes
+_real_allreduce = sn_group.allreduce_sum  # the MPI call a ProcessGroup makes for the exchange
 
 
 def counting_allreduce(*args, **kwargs):
@@ -28,7 +28,7 @@ def counting_allreduce(*args, **kwargs):
     return _real_allreduce(*args, **kwargs)
 
 
-sn_exchange.allreduce_sum = counting_allreduce
+sn_group.allreduce_sum = counting_allreduce
 
 
 class Net(nn.Module):
