@@ -281,7 +281,9 @@ def run(args: argparse.Namespace, log=print) -> dict:
         "reps_per_candidate": rounds * (block - 1 if block > 1 else 1),
         "last_level_cache_bytes": llc, "last_level_cache_source": llc_src,
         "load_average_start": _loadavg()}}
-    log(f"timing {len(specs)} layers x 3 passes x {2 + (torch is not None)} implementations, "
+    from syncnorm.functional import engine
+    n_impl = 2 + (torch is not None) + (engine.name() != "numpy")
+    log(f"timing {len(specs)} layers x 3 passes x {n_impl} implementations, "
         f"{rounds} rounds of {block} ...")
     entries, bws = time_layers(specs, torch, rounds, block, args.clock, copy_bytes, log)
     bws_sorted = sorted(bws)

@@ -17,7 +17,6 @@ numba = pytest.importorskip("numba", reason="the compiled engine needs numba (sy
 
 from syncnorm.functional.compiled import batch_norm as CB  # noqa: E402
 from syncnorm.functional.compiled import bn_kernels  # noqa: E402
-from syncnorm.functional.compiled import _jit  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -2,9 +2,10 @@
 is in cache. Imported by `functional.engine.kernels()` when a kernel is first used with the numba
 engine, never at `import syncnorm`.
 
-One module per family: `batch_norm` (BatchNorm, and the per-channel passes of InstanceNorm and
-GroupNorm; loops in `bn_kernels`), `norms` (LayerNorm's per-element passes, `norm_kernels`),
-`lrn` (LocalResponseNorm). `_jit` holds the compile options and the 16-bit loads and stores.
+One module per family: `batch_norm` (BatchNorm and the per-channel affine passes; loops in
+`bn_kernels`), `norms` (GroupNorm, InstanceNorm and LayerNorm steps; loops in `norm_kernels`).
+LocalResponseNorm has no compiled kernel yet (its numpy kernel is within its target, see
+docs/performance.md). `_jit` holds the compile options and the 16-bit loads and stores.
 """
 from __future__ import annotations
 
