@@ -109,12 +109,12 @@ def time_layers(specs: list, torch: Any, rounds: int, block: int, clock: str,
     rounds, one group per layer. Returns the table entries and each group's copy bandwidth."""
     import numpy as np
 
-    from . import floor as F
+    from . import floor
     from .timing import Candidate, measure
 
     from syncnorm.functional import engine
 
-    copy, moved = F.copy_candidate(copy_bytes)
+    copy, moved = floor.copy_candidate(copy_bytes)
     entries, bandwidths = [], []
     for spec in specs:
         rng = np.random.default_rng(0)
@@ -136,7 +136,7 @@ def time_layers(specs: list, torch: Any, rounds: int, block: int, clock: str,
         log(f"  {spec.label} {_shape_text(spec.shape)}: {time.perf_counter() - t0:.1f} s, "
             f"copy {bw / 1e9:.1f} GB/s")
         for p in PASS_NAMES:
-            fl = F.floor_seconds(p, x.nbytes, bw)
+            fl = floor.floor_seconds(p, x.nbytes, bw)
             cand = {impl: ({k: s.to_json() for k, s in stats[f"{impl}/{p}"].items()}
                            if impl in impls else None)
                     for impl in ("syncnorm", "numpy-kernels", "textbook", "torch")}
@@ -149,7 +149,7 @@ def time_layers(specs: list, torch: Any, rounds: int, block: int, clock: str,
             entries.append({"key": spec.key, "layer": spec.layer, "label": spec.label,
                             "shape": list(spec.shape), "shape_text": _shape_text(spec.shape),
                             "dtype": "float32", "pass": p, "input_bytes": x.nbytes,
-                            "bytes_moved": F.PASS_BYTES[p] * x.nbytes,
+                            "bytes_moved": floor.PASS_BYTES[p] * x.nbytes,
                             "copy_bandwidth_Bps": bw, "floor_s": fl,
                             "candidates": cand, "ratios": ratios})
     return entries, bandwidths
@@ -247,7 +247,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     """Everything but writing: the result dictionary (see docs/performance.md for its fields)."""
     import numpy as np
 
-    from . import floor as F
+    from . import floor
     from .peers import layer_specs, load_torch
     from .timing import CLOCKS
 
@@ -258,8 +258,8 @@ def run(args: argparse.Namespace, log=print) -> dict:
     specs = layer_specs(quick)
     if args.layers:
         specs = [s for s in specs if any(f.lower() in s.label.lower() for f in args.layers)]
-    llc, llc_src = F.last_level_cache()
-    copy_bytes = (32 << 20) if quick else F.copy_array_bytes(llc)
+    llc, llc_src = floor.last_level_cache()
+    copy_bytes = (32 << 20) if quick else floor.copy_array_bytes(llc)
     notes = []
     if torch is None:
         notes.append(torch_note)
@@ -269,7 +269,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
     res: dict[str, Any] = {"meta": {
         "tool": "syncnorm-bench", "version": 1, "quick": quick,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "cpu": F.cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+        "cpu": floor.cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
         "numpy": np.__version__, "torch": getattr(torch, "__version__", None),
         "torch_note": torch_note, "kernels": _engine_line(),
         "threads": {v: os.environ.get(v) for v in
@@ -291,7 +291,7 @@ def run(args: argparse.Namespace, log=print) -> dict:
                     "bytes_per_copy": 2 * copy_bytes,
                     "bandwidth_Bps": bws_sorted[len(bws) // 2] if bws else float("nan"),
                     "bandwidth_GBps": (bws_sorted[len(bws) // 2] / 1e9) if bws else float("nan"),
-                    "bandwidth_per_group_Bps": bws, "pass_input_arrays": F.PASS_BYTES,
+                    "bandwidth_per_group_Bps": bws, "pass_input_arrays": floor.PASS_BYTES,
                     "rule": "np.copyto of float32 arrays >= 4 x the last-level cache (STREAM), "
                             "bytes read + written per second, timed in each layer's rounds"}
     res["layers"] = entries
@@ -322,19 +322,19 @@ def _loadavg() -> list[float] | None:
 
 
 def write_outputs(res: dict, out_dir: Path, plots: bool = True) -> list[str]:
-    from . import report as R
+    from . import report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     if plots:
-        names, notes = R.plot_all(res, out_dir)
+        names, notes = report.plot_all(res, out_dir)
         res["plots"] = names
         res.setdefault("notes", []).extend(n for n in notes if n not in res.get("notes", []))
         written += names
     else:
         res["plots"] = []
-    R.write_json(res, out_dir / "bench.json")
-    (out_dir / "bench_tables.md").write_text(R.markdown_tables(res))
+    report.write_json(res, out_dir / "bench.json")
+    (out_dir / "bench_tables.md").write_text(report.markdown_tables(res))
     return written + ["bench.json", "bench_tables.md"]
 
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ensure_single_thread(argv)
     args = _parser().parse_args(argv)
-    from . import report as R
+    from . import report
 
     if args.replot:
         import json
@@ -352,6 +352,6 @@ def main(argv: list[str] | None = None) -> int:
         out_dir = Path(args.out)
         res = run(args, log=lambda s: print(s, file=sys.stderr, flush=True))
     written = write_outputs(res, out_dir, plots=not args.no_plots)
-    print(R.terminal_tables(res))
+    print(report.terminal_tables(res))
     print(f"\nwrote {', '.join(str(out_dir / w) for w in written)}")
     return 0

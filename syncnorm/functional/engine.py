@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import Iterator
 
-from .threads import THREADS_ENV, num_threads
+from .threads import num_threads
 
 __all__ = ["ENGINES", "requested", "name", "kernels", "use", "num_threads", "describe"]
 

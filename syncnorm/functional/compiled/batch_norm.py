@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..blocks import MIN_ROW
-from . import bn_kernels as K
+from . import bn_kernels
 
 __all__ = ["raw", "work_dtype", "affine", "moments", "normalize", "backward_reduce", "backward_elemt",
            "eval_backward", "forward_local", "backward_local", "col_tile"]
@@ -72,9 +72,9 @@ def moments(x3: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     s1, s2 = np.empty(C), np.empty(C)
     shift = np.ascontiguousarray(shift, dtype=np.float64)
     if M < MIN_ROW:
-        K.col_moments(_cols(x3), np.repeat(shift, M), M, col_tile(A, C, M), s1, s2)
+        bn_kernels.col_moments(_cols(x3), np.repeat(shift, M), M, col_tile(A, C, M), s1, s2)
     else:
-        K.row_moments(_src(x3), shift, s1, s2)
+        bn_kernels.row_moments(_src(x3), shift, s1, s2)
     return s1, s2
 
 
@@ -86,11 +86,11 @@ def _affine(x3: np.ndarray, out3: np.ndarray, hw: np.ndarray, aw: np.ndarray,
     if M < MIN_ROW:
         rep = [np.repeat(v, M) for v in (hw, aw, cw)]
         o = _short(out3)
-        K.col_affine(_cols(x3), _cols(o), *rep, col_tile(A, C, M))
+        bn_kernels.col_affine(_cols(x3), _cols(o), *rep, col_tile(A, C, M))
         if o is not out3:
             out3[...] = o
     else:
-        K.row_affine(raw(x3), raw(out3), hw, aw, cw)
+        bn_kernels.row_affine(raw(x3), raw(out3), hw, aw, cw)
 
 
 def _out(x3: np.ndarray, out3: np.ndarray | None) -> np.ndarray:
@@ -114,7 +114,7 @@ def normalize(x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray, weight: np.n
     hw, aw, cw = np.empty(C, wd), np.empty(C, wd), np.empty(C, wd)
     w, b = _vec(weight, C, 1.0), _vec(bias, C, 0.0)
     # the same strict helper as the fused kernel
-    K.all_forward_consts(_vec(mean, C, 0.0), _vec(invstd, C, 1.0), w, b, hw, aw, cw)
+    bn_kernels.all_forward_consts(_vec(mean, C, 0.0), _vec(invstd, C, 1.0), w, b, hw, aw, cw)
     _affine(x3, out3, hw, aw, cw)
     return out3
 
@@ -128,11 +128,11 @@ def backward_reduce(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray
     g, h = np.empty(C), np.empty(C)
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     if M < MIN_ROW:
-        K.col_grad_sums(_cols(dy3), _cols(x3), np.repeat(mean, M), M,
+        bn_kernels.col_grad_sums(_cols(dy3), _cols(x3), np.repeat(mean, M), M,
                         col_tile(A, C, M), g, h)
     else:
         hi = mean.astype(work_dtype(raw(x3)))
-        K.row_grad_sums(_src(dy3), _src(x3), hi, mean - hi.astype(np.float64), g, h)
+        bn_kernels.row_grad_sums(_src(dy3), _src(x3), hi, mean - hi.astype(np.float64), g, h)
     return g, h
 
 
@@ -142,7 +142,7 @@ def _bconsts(x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray, weight: np.nd
     wd = work_dtype(raw(x3))
     hw, kw, aw, cw = (np.empty(C, wd) for _ in range(4))
     w = _vec(weight, C, 1.0)
-    K.all_backward_consts(_vec(mean, C, 0.0), _vec(invstd, C, 1.0), w, _vec(g, C, 0.0),
+    bn_kernels.all_backward_consts(_vec(mean, C, 0.0), _vec(invstd, C, 1.0), w, _vec(g, C, 0.0),
                           _vec(h, C, 0.0), float(count), hw, kw, aw, cw)
     return [hw, kw, aw, cw]
 
@@ -159,11 +159,11 @@ def backward_elemt(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
     if M < MIN_ROW:
         rep = [np.repeat(v, M) for v in consts]
         o = _short(out3)
-        K.col_elemt(_cols(dy3), _cols(x3), _cols(o), *rep, col_tile(A, C, M))
+        bn_kernels.col_elemt(_cols(dy3), _cols(x3), _cols(o), *rep, col_tile(A, C, M))
         if o is not out3:
             out3[...] = o
     else:
-        K.row_elemt(raw(dy3), raw(x3), raw(out3), *consts)
+        bn_kernels.row_elemt(raw(dy3), raw(x3), raw(out3), *consts)
     return out3
 
 
@@ -191,10 +191,10 @@ def forward_local(x3: np.ndarray, shift: np.ndarray, weight: np.ndarray | None,
     poor = np.zeros(C, np.bool_)
     w, b = _vec(weight, C, 1.0), _vec(bias, C, 0.0)
     if M < MIN_ROW:
-        K.col_forward(_cols(x3), np.repeat(shift, M), M, col_tile(A, C, M),
+        bn_kernels.col_forward(_cols(x3), np.repeat(shift, M), M, col_tile(A, C, M),
                       w, b, float(eps), _cols(out3), mean, var, invstd, hw, aw, cw, poor)
     else:
-        K.row_forward(_src(x3), shift, w, b, float(eps), raw(out3), mean, var, invstd, hw, aw, cw,
+        bn_kernels.row_forward(_src(x3), shift, w, b, float(eps), raw(out3), mean, var, invstd, hw, aw, cw,
                       poor)
     return None if poor.any() else (mean, var, invstd)
 
@@ -211,11 +211,11 @@ def backward_local(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     invstd = np.ascontiguousarray(invstd, dtype=np.float64)
     if M < MIN_ROW:
-        K.col_backward(_cols(dy3), _cols(x3), np.repeat(mean, M), M,
+        bn_kernels.col_backward(_cols(dy3), _cols(x3), np.repeat(mean, M), M,
                        col_tile(A, C, M), invstd, w, _cols(out3), g, h,
                        hw, kw, aw, cw)
     else:
-        K.row_backward(_src(dy3), _src(x3), mean, invstd, w, raw(out3), g, h, hw, kw, aw, cw)
+        bn_kernels.row_backward(_src(dy3), _src(x3), mean, invstd, w, raw(out3), g, h, hw, kw, aw, cw)
     return g, h
 
 
@@ -235,8 +235,8 @@ def affine(out3: np.ndarray, x3: np.ndarray, hi: np.ndarray, a: np.ndarray, c: n
     if M < MIN_ROW:
         o = _short(out3)
         rep = [np.repeat(v, M) for v in (hw, kw, aw, cw)]
-        K.col_elemt(_cols(dy3), _cols(x3), _cols(o), *rep, col_tile(A, C, M))
+        bn_kernels.col_elemt(_cols(dy3), _cols(x3), _cols(o), *rep, col_tile(A, C, M))
         if o is not out3:
             out3[...] = o
     else:
-        K.row_elemt(raw(dy3), raw(x3), raw(out3), hw, kw, aw, cw)
+        bn_kernels.row_elemt(raw(dy3), raw(x3), raw(out3), hw, kw, aw, cw)

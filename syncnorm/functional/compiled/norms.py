@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import norm_kernels as K
+from . import norm_kernels
 from .batch_norm import raw, work_dtype
 
 __all__ = ["channel_step", "channel_backward", "element_step", "element_backward"]
@@ -31,7 +31,7 @@ def channel_step(x3: np.ndarray, groups: int, eps: float, weight: np.ndarray | N
     mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
     poor = np.zeros(R, np.bool_)
     like = np.empty(1, work_dtype(raw(x3)))
-    K.group_forward(raw(x3).reshape(1, R, M), cg, _vec(weight, C, 1.0), _vec(bias, C, 0.0),
+    norm_kernels.group_forward(raw(x3).reshape(1, R, M), cg, _vec(weight, C, 1.0), _vec(bias, C, 0.0),
                     float(eps), like, raw(y).reshape(1, R, M), mean, var, invstd, poor)
     return None if poor.any() else (y, mean, var, invstd)
 
@@ -46,7 +46,7 @@ def channel_backward(dy3: np.ndarray, x3: np.ndarray, groups: int, mean: np.ndar
     dx = np.empty(x3.shape, x3.dtype)
     t1, t2 = np.empty(N * C), np.empty(N * C)
     like = np.empty(1, work_dtype(raw(x3)))
-    K.group_backward(raw(dy3).reshape(1, R, M), raw(x3).reshape(1, R, M), cg,
+    norm_kernels.group_backward(raw(dy3).reshape(1, R, M), raw(x3).reshape(1, R, M), cg,
                      np.ascontiguousarray(mean, dtype=np.float64),
                      np.ascontiguousarray(invstd, dtype=np.float64), _vec(weight, C, 1.0), like,
                      raw(dx).reshape(1, R, M), t1, t2)
@@ -62,7 +62,7 @@ def element_step(x2: np.ndarray, eps: float, weight: np.ndarray | None, bias: np
     y = np.empty(x2.shape, x2.dtype)
     mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
     poor = np.zeros(R, np.bool_)
-    K.layer_forward(raw(x2)[None], _vec(weight, D, 1.0, wd), _vec(bias, D, 0.0, wd), float(eps),
+    norm_kernels.layer_forward(raw(x2)[None], _vec(weight, D, 1.0, wd), _vec(bias, D, 0.0, wd), float(eps),
                     np.empty(1, wd), raw(y)[None], mean, var, invstd, poor)
     return None if poor.any() else (y, mean, var, invstd)
 
@@ -72,15 +72,15 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
     """(dx (R, D), dweight (D,), dbias (D,)) of LayerNorm; R*D > 0."""
     R, D = x2.shape
     wd = work_dtype(raw(x2))
-    tile = min(D, K.LN_TILE)
+    tile = min(D, norm_kernels.LN_TILE)
     nt = -(-D // tile)
     gp, hp = np.empty((nt, R)), np.empty((nt, R))
     dweight, dbias = np.empty(D), np.empty(D)
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     invstd = np.ascontiguousarray(invstd, dtype=np.float64)
-    K.layer_backward_sums(raw(dy2)[None], raw(x2)[None], mean, invstd, _vec(weight, D, 1.0),
+    norm_kernels.layer_backward_sums(raw(dy2)[None], raw(x2)[None], mean, invstd, _vec(weight, D, 1.0),
                           tile, gp, hp, dweight, dbias)
     dx = np.empty(x2.shape, x2.dtype)
-    K.layer_backward_dx(raw(dy2)[None], raw(x2)[None], mean, invstd, gp, hp,
+    norm_kernels.layer_backward_dx(raw(dy2)[None], raw(x2)[None], mean, invstd, gp, hp,
                         _vec(weight, D, 1.0, wd), np.empty(1, wd), raw(dx)[None])
     return dx, dweight, dbias
