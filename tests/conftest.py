@@ -34,6 +34,42 @@ def kernel_engine(request):
         yield request.param
 
 
+def _warm_compiled_kernels() -> None:
+    """Compile (or load from the cache) the compiled engine's kernels once, in this process, before
+    any test starts ranks of its own: with an empty cache (a fresh checkout, CI) every rank of the
+    first multi-rank tests would otherwise compile the same kernels at once, each for about half a
+    minute of CPU, on a machine with two cores. Each dtype, layout and layer kind of the suite is
+    run forward and backward in training and eval; with a warm cache this takes about a second."""
+    import importlib.util
+    if importlib.util.find_spec("numba") is None:
+        return
+    if os.environ.get("SYNCNORM_KERNELS", "auto").strip().lower() == "numpy":
+        return
+    if any(v in os.environ for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")):
+        return  # a rank of a multi-rank test: the controlling pytest process warmed the cache
+    import numpy as np
+
+    from syncnorm import nn
+    rng = np.random.default_rng(0)
+    layers = [(lambda: nn.BatchNorm2d(4), (4, 4, 5, 5)), (lambda: nn.BatchNorm1d(4), (8, 4)),
+              (lambda: nn.GroupNorm(2, 4), (2, 4, 5, 5)), (lambda: nn.LayerNorm([4, 5, 5]), (2, 4, 5, 5)),
+              (lambda: nn.InstanceNorm2d(4, affine=True), (2, 4, 5, 5))]
+    for dt in (np.float32, np.float64, np.float16):
+        for make, shape in layers:
+            x = rng.standard_normal(shape).astype(dt)
+            for layer in (make(), make().eval()):
+                layer.backward(np.ones_like(layer(x)))
+    if importlib.util.find_spec("torch") is None:
+        return
+    import torch
+
+    from syncnorm.torch import SyncBatchNorm
+    for dt in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(4, 4, 5, 5).to(dt).contiguous(memory_format=fmt).requires_grad_()
+            SyncBatchNorm(4)(x).sum().backward()
+
+
 def pytest_addoption(parser):
     parser.addoption("--runslow", action="store_true", default=False,
                      help="run the slow (nightly-style) property and fuzz tests")
@@ -47,6 +83,7 @@ def pytest_configure(config):
     session files in $TMPDIR/ompi.PID; a directory left by a killed launcher elsewhere on the
     machine would stop any launcher of ours that reuses the PID ("The PMIx server's listener
     thread failed to start"; see syncnorm.launch.remove_session_dir)."""
+    _warm_compiled_kernels()
     d = tempfile.mkdtemp(prefix="syncnorm-tests-")
     _PRIVATE_TMP.append(d)
     os.environ["TMPDIR"] = d
