@@ -16,10 +16,15 @@ __all__ = ["run"]
 
 _FATAL = "[syncnorm fatal]"  # = syncnorm.distributed.failsafe.FATAL_MARKER (not imported: no numpy)
 _FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: what Open MPI prints when it has given a job up (a rank died, a peer vanished, MPI_Abort): its
+#: launcher then normally ends the job within a second, but has been seen to hang after it (16
+#: ranks on 4 netns hosts: every rank gone within 0.6 s, the launcher still running a minute later)
+_MPI_GAVE_UP = (b"MPI_ERRORS_ARE_FATAL", b"unexpectedly disconnected", b"MPI_ABORT was invoked")
 
 
 def run(line: list[str], env: dict[str, str], timeout: float | None = None, *,
-        abort_grace: float = 15.0, kill_grace: float = 10.0, stderr: IO[bytes] | None = None) -> int:
+        abort_grace: float = 15.0, kill_grace: float = 10.0, mpi_grace: float = 5.0,
+        stderr: IO[bytes] | None = None) -> int:
     """Run the launcher in its own session and return the job's exit code.
 
     SIGINT/SIGTERM/SIGHUP are forwarded to the launcher; if the job is not gone `kill_grace` s
@@ -29,18 +34,23 @@ def run(line: list[str], env: dict[str, str], timeout: float | None = None, *,
     comes first; its abort can itself hang) and 124 is returned. A `[syncnorm fatal]` line on the
     job's stderr (a rank's collective timed out) gives the MPI `abort_grace` s to end the job
     before it is killed; a job that failed after such a line returns 1, whatever status the MPI
-    reported (a rank ended by its watchdog's SIGALRM makes Open MPI report 142). The job's stderr
+    reported (a rank ended by its watchdog's SIGALRM makes Open MPI report 142). Once the MPI
+    itself has printed that it gave the job up (`_MPI_GAVE_UP`), a job still running `mpi_grace` s
+    later is killed and 1 returned (the MPI's launcher hung in its own teardown). The job's stderr
     is copied to `stderr` (default: this process's) as it comes. Once the launcher is gone, a
     session directory it could not remove is removed (`remove_session_dir`)."""
     out = stderr if stderr is not None else sys.stderr.buffer
     proc = subprocess.Popen(line, env=env, start_new_session=True, stderr=subprocess.PIPE)
-    state: dict[str, float | int | None] = {"fatal_at": None, "signal_at": None, "signal": None}
+    state: dict[str, float | int | None] = {"fatal_at": None, "signal_at": None, "signal": None,
+                                            "mpi_gave_up_at": None}
 
     def pump() -> None:
         assert proc.stderr is not None
         for chunk in iter(proc.stderr.readline, b""):
             if state["fatal_at"] is None and _FATAL.encode() in chunk:
                 state["fatal_at"] = time.monotonic()
+            if state["mpi_gave_up_at"] is None and any(m in chunk for m in _MPI_GAVE_UP):
+                state["mpi_gave_up_at"] = time.monotonic()
             try:
                 out.write(chunk)
                 out.flush()
@@ -76,6 +86,9 @@ def run(line: list[str], env: dict[str, str], timeout: float | None = None, *,
             elif state["fatal_at"] is not None and now - state["fatal_at"] > abort_grace:
                 why, code = (f"a rank reported a fatal error and the MPI did not end the job within "
                              f"{abort_grace:g} s"), 1
+            elif state["mpi_gave_up_at"] is not None and now - state["mpi_gave_up_at"] > mpi_grace:
+                why, code = (f"the MPI reported a failed rank and did not end the job within "
+                             f"{mpi_grace:g} s"), 1
             elif state["signal_at"] is not None and now - state["signal_at"] > kill_grace:
                 why = f"the job did not end within {kill_grace:g} s of the signal"
             if why:

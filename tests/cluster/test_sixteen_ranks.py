@@ -34,6 +34,9 @@ RANKS = HOSTS * PER_HOST
 GROUPS = str(ROOT / "tests/support/jobs/sbn_groups.py")
 LOOP = str(ROOT / "tests/support/jobs/sbn_loop.py")
 KILL_BOUND = 5.0  # seconds: docs/launching/failures.md
+#: syncnorm-launch's grace for an Open MPI launcher that hangs after giving the job up
+#: (`syncnorm.launch.supervise`): the launcher's own bound is then KILL_BOUND + MPI_GRACE
+MPI_GRACE = 5.0
 #: 4 slots on hosts that have the machine's cores (maybe 2): Open MPI would refuse to bind 4 ranks to
 #: 2 cores per host ("more cpus than are available")
 NO_BINDING = ("--mpi-arg=--bind-to", "--mpi-arg=none")
@@ -111,7 +114,8 @@ def test_a_rank_killed_on_one_host_ends_the_16_rank_job_within_the_bound(cluster
         report("SIGKILL of one rank on h3 (16 ranks, 4 hosts)", seen,
                f", launcher exit code {job.proc.returncode}, job ran {t_fault - job.t0:.1f} s")
         assert job.proc.returncode not in (None, 0), job.output[-3000:]
-        assert all(v is not None and v <= KILL_BOUND for v in seen.values()), (seen,
-                                                                               job.output[-3000:])
+        bounds = {k: KILL_BOUND + (MPI_GRACE if k == "launcher exit" else 0.0) for k in seen}
+        assert all(v is not None and v <= bounds[k] for k, v in seen.items()), (seen,
+                                                                                job.output[-3000:])
     finally:
         finish(cluster, job)

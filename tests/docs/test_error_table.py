@@ -762,6 +762,15 @@ def _():
     return cli(lambda: launch.run(line, dict(os.environ), abort_grace=0.5, stderr=io.BytesIO()))
 
 
+@trigger("cli-launch-mpi-hung")
+def _():
+    """The job prints Open MPI's give-up message and goes on running, as Open MPI's launcher has
+    been seen to do after a rank was killed."""
+    line = _sleeper("sys.stderr.write('*** MPI_ERRORS_ARE_FATAL (processes in this communicator "
+                    "will now abort)\\n'); sys.stderr.flush()")
+    return cli(lambda: launch.run(line, dict(os.environ), mpi_grace=0.5, stderr=io.BytesIO()))
+
+
 @trigger("cli-launch-fatal-status")
 def _():
     """A rank prints the fatal line and dies of SIGALRM, as its watchdog makes a rank hung in
