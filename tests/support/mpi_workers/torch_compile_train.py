@@ -1,10 +1,10 @@
 """On P ranks (P = 1 too): a training step of torch.compile(model, fullgraph=True) equals the eager
 step of the same converted model: outputs, loss, gradients, running statistics, bitwise, for three
 SGD steps; both made the same number of exchanges; the running statistics agree on every rank.
-Prints "COMPILED-TRAIN-OK rank R" at the end."""
+Argument: the torch.compile backend (default inductor). Prints "COMPILED-TRAIN-OK rank R" at the end."""
 from __future__ import annotations
 
-import copy
+import sys
 
 import torch
 from mpi4py import MPI
@@ -27,7 +27,8 @@ def model() -> nn.Module:
 def main() -> None:
     eager = convert_sync_batchnorm(model())
     plain = convert_sync_batchnorm(model())
-    compiled = torch.compile(plain, fullgraph=True)
+    backend = sys.argv[1] if len(sys.argv) > 1 else "inductor"
+    compiled = torch.compile(plain, fullgraph=True, backend=backend)
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (eager, plain)]
     gen = torch.Generator().manual_seed(100 + comm.rank)
     for step in range(3):
