@@ -42,18 +42,7 @@ def run_mpi(nprocs: int, args: list[str], timeout: float = 180, env: dict[str, s
     full_env.pop("PYTEST_CURRENT_TEST", None)
     if env:
         full_env.update(env)
-    proc = subprocess.Popen(line, cwd=cwd or ROOT, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, start_new_session=True, text=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return Job(proc.returncode, out, False)
-    except subprocess.TimeoutExpired:
-        launch.kill_session(proc)
-        out, _ = proc.communicate()
-        return Job(124, (out or "") + f"\n[mpi_harness] killed after {timeout:g} s", True)
-    finally:
-        if proc.poll() is not None:  # a killed launcher leaves one; its id may come back
-            launch.remove_session_dir(proc.pid, line, full_env)
+    return _run_session(line, timeout, full_env, Path(cwd) if cwd else None, mpi_launcher=True)
 
 
 def run_pytest_mpi(nprocs: int, target: str, timeout: float = 300, extra: tuple[str, ...] = (),
@@ -77,7 +66,10 @@ def _torch_env(env: dict[str, str] | None) -> dict[str, str]:
     return full
 
 
-def _run_session(line: list[str], timeout: float, env: dict[str, str], cwd: Path | None) -> Job:
+def _run_session(line: list[str], timeout: float, env: dict[str, str], cwd: Path | None,
+                 mpi_launcher: bool = False) -> Job:
+    """Run `line` in its own session, killed whole after `timeout` s. An MPI launcher that was
+    killed leaves its session directory behind (its id may come back): removed once it is gone."""
     proc = subprocess.Popen(line, cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, start_new_session=True, text=True)
     try:
@@ -87,6 +79,9 @@ def _run_session(line: list[str], timeout: float, env: dict[str, str], cwd: Path
         launch.kill_session(proc)
         out, _ = proc.communicate()
         return Job(124, (out or "") + f"\n[mpi_harness] killed after {timeout:g} s", True)
+    finally:
+        if mpi_launcher and proc.poll() is not None:
+            launch.remove_session_dir(proc.pid, line, env)
 
 
 def run_torchrun(nprocs: int, args: list[str], timeout: float = 180,

@@ -129,7 +129,7 @@ def backward_reduce(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     if M < MIN_ROW:
         bn_kernels.col_grad_sums(_cols(dy3), _cols(x3), np.repeat(mean, M), M,
-                        col_tile(A, C, M), g, h)
+                                 col_tile(A, C, M), g, h)
     else:
         hi = mean.astype(work_dtype(raw(x3)))
         bn_kernels.row_grad_sums(_src(dy3), _src(x3), hi, mean - hi.astype(np.float64), g, h)
@@ -143,7 +143,7 @@ def _bconsts(x3: np.ndarray, mean: np.ndarray, invstd: np.ndarray, weight: np.nd
     hw, kw, aw, cw = (np.empty(C, wd) for _ in range(4))
     w = _vec(weight, C, 1.0)
     bn_kernels.all_backward_consts(_vec(mean, C, 0.0), _vec(invstd, C, 1.0), w, _vec(g, C, 0.0),
-                          _vec(h, C, 0.0), float(count), hw, kw, aw, cw)
+                                   _vec(h, C, 0.0), float(count), hw, kw, aw, cw)
     return [hw, kw, aw, cw]
 
 
@@ -192,10 +192,10 @@ def forward_local(x3: np.ndarray, shift: np.ndarray, weight: np.ndarray | None,
     w, b = _vec(weight, C, 1.0), _vec(bias, C, 0.0)
     if M < MIN_ROW:
         bn_kernels.col_forward(_cols(x3), np.repeat(shift, M), M, col_tile(A, C, M),
-                      w, b, float(eps), _cols(out3), mean, var, invstd, hw, aw, cw, poor)
+                               w, b, float(eps), _cols(out3), mean, var, invstd, hw, aw, cw, poor)
     else:
         bn_kernels.row_forward(_src(x3), shift, w, b, float(eps), raw(out3), mean, var, invstd, hw, aw, cw,
-                      poor)
+                               poor)
     return None if poor.any() else (mean, var, invstd)
 
 
@@ -212,8 +212,8 @@ def backward_local(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
     invstd = np.ascontiguousarray(invstd, dtype=np.float64)
     if M < MIN_ROW:
         bn_kernels.col_backward(_cols(dy3), _cols(x3), np.repeat(mean, M), M,
-                       col_tile(A, C, M), invstd, w, _cols(out3), g, h,
-                       hw, kw, aw, cw)
+                                col_tile(A, C, M), invstd, w, _cols(out3), g, h,
+                                hw, kw, aw, cw)
     else:
         bn_kernels.row_backward(_src(dy3), _src(x3), mean, invstd, w, raw(out3), g, h, hw, kw, aw, cw)
     return g, h

@@ -32,7 +32,7 @@ def channel_step(x3: np.ndarray, groups: int, eps: float, weight: np.ndarray | N
     poor = np.zeros(R, np.bool_)
     like = np.empty(1, work_dtype(raw(x3)))
     norm_kernels.group_forward(raw(x3).reshape(1, R, M), cg, _vec(weight, C, 1.0), _vec(bias, C, 0.0),
-                    float(eps), like, raw(y).reshape(1, R, M), mean, var, invstd, poor)
+                               float(eps), like, raw(y).reshape(1, R, M), mean, var, invstd, poor)
     return None if poor.any() else (y, mean, var, invstd)
 
 
@@ -47,9 +47,9 @@ def channel_backward(dy3: np.ndarray, x3: np.ndarray, groups: int, mean: np.ndar
     t1, t2 = np.empty(N * C), np.empty(N * C)
     like = np.empty(1, work_dtype(raw(x3)))
     norm_kernels.group_backward(raw(dy3).reshape(1, R, M), raw(x3).reshape(1, R, M), cg,
-                     np.ascontiguousarray(mean, dtype=np.float64),
-                     np.ascontiguousarray(invstd, dtype=np.float64), _vec(weight, C, 1.0), like,
-                     raw(dx).reshape(1, R, M), t1, t2)
+                                np.ascontiguousarray(mean, dtype=np.float64),
+                                np.ascontiguousarray(invstd, dtype=np.float64), _vec(weight, C, 1.0), like,
+                                raw(dx).reshape(1, R, M), t1, t2)
     inv_r = np.repeat(invstd, cg)
     return dx, (t2 * inv_r).reshape(N, C).sum(axis=0), t1.reshape(N, C).sum(axis=0)
 
@@ -63,7 +63,7 @@ def element_step(x2: np.ndarray, eps: float, weight: np.ndarray | None, bias: np
     mean, var, invstd = np.empty(R), np.empty(R), np.empty(R)
     poor = np.zeros(R, np.bool_)
     norm_kernels.layer_forward(raw(x2)[None], _vec(weight, D, 1.0, wd), _vec(bias, D, 0.0, wd), float(eps),
-                    np.empty(1, wd), raw(y)[None], mean, var, invstd, poor)
+                               np.empty(1, wd), raw(y)[None], mean, var, invstd, poor)
     return None if poor.any() else (y, mean, var, invstd)
 
 
@@ -79,8 +79,8 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     invstd = np.ascontiguousarray(invstd, dtype=np.float64)
     norm_kernels.layer_backward_sums(raw(dy2)[None], raw(x2)[None], mean, invstd, _vec(weight, D, 1.0),
-                          tile, gp, hp, dweight, dbias)
+                                     tile, gp, hp, dweight, dbias)
     dx = np.empty(x2.shape, x2.dtype)
     norm_kernels.layer_backward_dx(raw(dy2)[None], raw(x2)[None], mean, invstd, gp, hp,
-                        _vec(weight, D, 1.0, wd), np.empty(1, wd), raw(dx)[None])
+                                   _vec(weight, D, 1.0, wd), np.empty(1, wd), raw(dx)[None])
     return dx, dweight, dbias
