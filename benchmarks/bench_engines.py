@@ -1,0 +1,42 @@
+"""Both kernel engines (numpy, numba) beside torch for the normalization layers: one run, the three
+alternating step by step, thread CPU time, float32, one thread; median ms per forward + backward
+and ratios to torch.
+
+    python benchmarks/bench_engines.py
+"""
+import time, numpy as np, torch
+import syncnorm
+from syncnorm.functional import engine
+torch.set_num_threads(1)
+rng = np.random.default_rng(0)
+CASES = [
+    ("BatchNorm2d", (32, 256, 28, 28), lambda: syncnorm.nn.BatchNorm2d(256), lambda: torch.nn.BatchNorm2d(256)),
+    ("GroupNorm(32,256)", (32, 256, 28, 28), lambda: syncnorm.nn.GroupNorm(32, 256), lambda: torch.nn.GroupNorm(32, 256)),
+    ("LayerNorm([256,28,28])", (32, 256, 28, 28), lambda: syncnorm.nn.LayerNorm([256, 28, 28]), lambda: torch.nn.LayerNorm([256, 28, 28])),
+    ("InstanceNorm2d(256)", (32, 256, 28, 28), lambda: syncnorm.nn.InstanceNorm2d(256), lambda: torch.nn.InstanceNorm2d(256)),
+    ("BatchNorm1d (4096,256)", (4096, 256), lambda: syncnorm.nn.BatchNorm1d(256), lambda: torch.nn.BatchNorm1d(256)),
+    ("BatchNorm1d (1024,512)", (1024, 512), lambda: syncnorm.nn.BatchNorm1d(512), lambda: torch.nn.BatchNorm1d(512)),
+    ("LocalResponseNorm(5)", (32, 256, 28, 28), lambda: syncnorm.nn.LocalResponseNorm(5), lambda: torch.nn.LocalResponseNorm(5)),
+    ("BatchNorm2d small (8,16,4,4)", (8, 16, 4, 4), lambda: syncnorm.nn.BatchNorm2d(16), lambda: torch.nn.BatchNorm2d(16)),
+]
+for name, shape, mk, mkt in CASES:
+    x = rng.standard_normal(shape).astype(np.float32); dy = rng.standard_normal(shape).astype(np.float32)
+    layers = {}
+    for eng in ("numpy", "numba"):
+        with engine.use(eng):
+            layers[eng] = mk()
+    tl = mkt(); xt = torch.from_numpy(x).requires_grad_(); dyt = torch.from_numpy(dy)
+    def run(eng):
+        if eng == "torch":
+            xt.grad = None; tl.zero_grad(set_to_none=True); tl(xt).backward(dyt); return
+        with engine.use(eng):
+            l = layers[eng]; l(x); l.backward(dy)
+    order = ["numpy", "numba", "torch"]
+    for e in order: run(e)
+    reps = 5 if x.size > 1e6 else 200
+    t = {e: [] for e in order}
+    for r in range(reps):
+        for e in order[r % 3:] + order[:r % 3]:
+            c = time.thread_time(); run(e); t[e].append(time.thread_time() - c)
+    med = {e: np.median(v) * 1e3 for e, v in t.items()}
+    print(f"{name:30s} torch {med['torch']:8.3f} ms | numpy {med['numpy']:8.3f} ms ({med['numpy']/med['torch']:.2f}x) | numba {med['numba']:8.3f} ms ({med['numba']/med['torch']:.2f}x)", flush=True)
