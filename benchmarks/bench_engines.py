@@ -1,10 +1,13 @@
 """Both kernel engines (numpy, numba) beside torch for the normalization layers: one run, the three
 alternating step by step, thread CPU time, float32, one thread; median ms per forward + backward
-and ratios to torch.
+and ratios to torch. torch's CPU allocator hands large outputs back to the system and takes fresh
+pages (page faults, counted per step) more often than numpy does, so its time moves between runs;
+the last column is torch's median over the steps without page faults and the compiled engine's
+ratio to it (the stricter comparison).
 
-    python benchmarks/bench_engines.py
+    python benchmarks/bench_engines.py [NAME-SUBSTRING ...] [--reps N]
 """
-import time, numpy as np, torch
+import resource, sys, time, numpy as np, torch
 import syncnorm
 from syncnorm.functional import engine
 torch.set_num_threads(1)
@@ -19,7 +22,12 @@ CASES = [
     ("LocalResponseNorm(5)", (32, 256, 28, 28), lambda: syncnorm.nn.LocalResponseNorm(5), lambda: torch.nn.LocalResponseNorm(5)),
     ("BatchNorm2d small (8,16,4,4)", (8, 16, 4, 4), lambda: syncnorm.nn.BatchNorm2d(16), lambda: torch.nn.BatchNorm2d(16)),
 ]
+args = sys.argv[1:]
+REPS = int(args[args.index("--reps") + 1]) if "--reps" in args else None
+WANT = [a for i, a in enumerate(args) if a != "--reps" and (i == 0 or args[i - 1] != "--reps")]
 for name, shape, mk, mkt in CASES:
+    if WANT and not any(w.lower() in name.lower() for w in WANT):
+        continue
     x = rng.standard_normal(shape).astype(np.float32); dy = rng.standard_normal(shape).astype(np.float32)
     layers = {}
     for eng in ("numpy", "numba"):
@@ -33,10 +41,18 @@ for name, shape, mk, mkt in CASES:
             l = layers[eng]; l(x); l.backward(dy)
     order = ["numpy", "numba", "torch"]
     for e in order: run(e)
-    reps = 5 if x.size > 1e6 else 200
+    reps = REPS or (5 if x.size > 1e6 else 200)
     t = {e: [] for e in order}
+    faults = {e: [] for e in order}
     for r in range(reps):
         for e in order[r % 3:] + order[:r % 3]:
+            f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             c = time.thread_time(); run(e); t[e].append(time.thread_time() - c)
+            faults[e].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
     med = {e: np.median(v) * 1e3 for e, v in t.items()}
-    print(f"{name:30s} torch {med['torch']:8.3f} ms | numpy {med['numpy']:8.3f} ms ({med['numpy']/med['torch']:.2f}x) | numba {med['numba']:8.3f} ms ({med['numba']/med['torch']:.2f}x)", flush=True)
+    clean = [v for v, f in zip(t["torch"], faults["torch"]) if f == 0]
+    strict = (f"torch without faults {np.median(clean) * 1e3:8.3f} ms ({len(clean)}/{reps} steps): "
+              f"numba {med['numba'] / (np.median(clean) * 1e3):.2f}x" if clean else "torch faulted every step")
+    print(f"{name:30s} torch {med['torch']:8.3f} ms | numpy {med['numpy']:8.3f} ms ({med['numpy']/med['torch']:.2f}x) "
+          f"| numba {med['numba']:8.3f} ms ({med['numba']/med['torch']:.2f}x) | faults/step torch "
+          f"{np.median(faults['torch']):.0f} numba {np.median(faults['numba']):.0f} | {strict}", flush=True)
