@@ -129,7 +129,7 @@ def backward_reduce(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray
     mean = np.ascontiguousarray(mean, dtype=np.float64)
     if M < MIN_ROW:
         bn_kernels.col_grad_sums(_cols(dy3), _cols(x3), np.repeat(mean, M), M,
-                                 col_tile(A, C, M), g, h)
+                                 col_tile(A, C, M), np.empty(1, work_dtype(raw(x3))), g, h)
     else:
         hi = mean.astype(work_dtype(raw(x3)))
         bn_kernels.row_grad_sums(_src(dy3), _src(x3), hi, mean - hi.astype(np.float64), g, h)

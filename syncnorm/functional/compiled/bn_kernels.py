@@ -25,6 +25,8 @@ RESHIFT_RATIO = 1e8  # as moments.RESHIFT_RATIO (kept in step by tests/unit/test
 UNCENTRED_LIMIT = 16.0  # as moments.UNCENTRED_LIMIT
 #: longest run of values summed in the working dtype (float32: at most 128 terms per vector lane)
 PIECE = 2048
+#: rows of a column view whose gradient sums are added in the working dtype before float64
+COL_FLUSH = 64
 
 
 # ---------------------------------------------------------------- per-channel scalars (exact)
@@ -297,39 +299,55 @@ def _col_sums(x, j0, j1, kcol, t1, t2):
 
 
 @helper
-def _col_grad_sums(dy, x, j0, j1, mcol, t1, t2):
-    """t1[j] = sum of dy[:, j0 + j], t2[j] = sum of dy * (x - mcol) over it; four rows at a time."""
+def _col_grad_sums(dy, x, j0, j1, mcol, t1, t2, u):
+    """t1[j] = sum of dy[:, j0 + j], t2[j] = sum of dy * (x - mcol) over it (float64). As the row
+    kernels do: dy * (x - hi), hi the mean rounded to the working dtype, summed in the working
+    dtype (u: (3, j1 - j0) scratch of it) four rows at a time over blocks of COL_FLUSH rows, the
+    blocks added in float64, then t2 -= (mean - hi) * t1."""
     t1[:] = 0.0
     t2[:] = 0.0
     mu = mcol[j0:j1]
+    hs = u[0, :j1 - j0]
+    u1 = u[1, :j1 - j0]
+    u2 = u[2, :j1 - j0]
+    for j in range(j1 - j0):
+        hs[j] = to_work(mu[j], x)
     A = x.shape[0]
-    a = 0
-    while a + 4 <= A:
-        x0 = x[a, j0:j1]
-        x1 = x[a + 1, j0:j1]
-        x2 = x[a + 2, j0:j1]
-        x3 = x[a + 3, j0:j1]
-        y0 = dy[a, j0:j1]
-        y1 = dy[a + 1, j0:j1]
-        y2 = dy[a + 2, j0:j1]
-        y3 = dy[a + 3, j0:j1]
+    for b0 in range(0, A, COL_FLUSH):
+        b1 = min(A, b0 + COL_FLUSH)
+        u1[:] = 0.0
+        u2[:] = 0.0
+        a = b0
+        while a + 4 <= b1:
+            x0 = x[a, j0:j1]
+            x1 = x[a + 1, j0:j1]
+            x2 = x[a + 2, j0:j1]
+            x3 = x[a + 3, j0:j1]
+            y0 = dy[a, j0:j1]
+            y1 = dy[a + 1, j0:j1]
+            y2 = dy[a + 2, j0:j1]
+            y3 = dy[a + 3, j0:j1]
+            for j in range(j1 - j0):
+                e0 = load(y0[j])
+                e1 = load(y1[j])
+                e2 = load(y2[j])
+                e3 = load(y3[j])
+                u1[j] += (e0 + e1) + (e2 + e3)
+                u2[j] += ((e0 * (load(x0[j]) - hs[j]) + e1 * (load(x1[j]) - hs[j]))
+                          + (e2 * (load(x2[j]) - hs[j]) + e3 * (load(x3[j]) - hs[j])))
+            a += 4
+        for c in range(a, b1):
+            xb = x[c, j0:j1]
+            yb = dy[c, j0:j1]
+            for j in range(j1 - j0):
+                e = load(yb[j])
+                u1[j] += e
+                u2[j] += e * (load(xb[j]) - hs[j])
         for j in range(j1 - j0):
-            e0 = np.float64(load(y0[j]))
-            e1 = np.float64(load(y1[j]))
-            e2 = np.float64(load(y2[j]))
-            e3 = np.float64(load(y3[j]))
-            t1[j] += (e0 + e1) + (e2 + e3)
-            t2[j] += ((e0 * (np.float64(load(x0[j])) - mu[j]) + e1 * (np.float64(load(x1[j])) - mu[j]))
-                      + (e2 * (np.float64(load(x2[j])) - mu[j])
-                         + e3 * (np.float64(load(x3[j])) - mu[j])))
-        a += 4
-    for b in range(a, A):
-        xb = x[b, j0:j1]
-        yb = dy[b, j0:j1]
-        for j in range(j1 - j0):
-            e = np.float64(load(yb[j]))
-            t1[j] += e
-            t2[j] += e * (np.float64(load(xb[j])) - mu[j])
+            t1[j] += np.float64(u1[j])
+            t2[j] += np.float64(u2[j])
+    for j in range(j1 - j0):
+        t2[j] -= (mu[j] - np.float64(hs[j])) * t1[j]
 
 
 @helper
@@ -379,15 +397,16 @@ def col_moments(x, kcol, M, tile, s1, s2):
 
 
 @kernel
-def col_grad_sums(dy, x, mcol, M, tile, g, h):
-    """g, h per channel of (A, C*M) views; mcol the mean repeated per column (float64)."""
+def col_grad_sums(dy, x, mcol, M, tile, like, g, h):
+    """g, h per channel of (A, C*M) views; mcol the mean repeated per column (float64); `like`
+    an array of the working dtype."""
     CM = x.shape[1]
     for i in prange((CM + tile - 1) // tile):
         j0 = i * tile
         j1 = min(CM, j0 + tile)
         t1 = np.empty(j1 - j0)
         t2 = np.empty(j1 - j0)
-        _col_grad_sums(dy, x, j0, j1, mcol, t1, t2)
+        _col_grad_sums(dy, x, j0, j1, mcol, t1, t2, np.empty((3, j1 - j0), like.dtype))
         for c in range(j0 // M, j1 // M):
             g[c] = _fold(t1, c, M, j0)
             h[c] = _fold(t2, c, M, j0)
@@ -453,7 +472,7 @@ def col_backward(dy, x, mcol, M, tile, invstd, w, out, g, h, hw, kw, aw, cw):
         j1 = min(CM, j0 + tile)
         t1 = np.empty(j1 - j0)
         t2 = np.empty(j1 - j0)
-        _col_grad_sums(dy, x, j0, j1, mcol, t1, t2)
+        _col_grad_sums(dy, x, j0, j1, mcol, t1, t2, np.empty((3, j1 - j0), hw.dtype))
         hc = np.empty(j1 - j0, hw.dtype)
         kc = np.empty(j1 - j0, hw.dtype)
         ac = np.empty(j1 - j0, hw.dtype)
