@@ -2,8 +2,8 @@
 alternating step by step, thread CPU time, float32, one thread; median ms per forward + backward
 and ratios to torch. torch's CPU allocator hands large outputs back to the system and takes fresh
 pages (page faults, counted per step) more often than numpy does, so its time moves between runs;
-the last column is torch's median over the steps without page faults and the compiled engine's
-ratio to it (the stricter comparison).
+the last columns compare the medians over the steps in which each candidate took no page fault
+(the kernels without the allocator's share).
 
     python benchmarks/bench_engines.py [NAME-SUBSTRING ...] [--reps N]
 """
@@ -50,9 +50,10 @@ for name, shape, mk, mkt in CASES:
             c = time.thread_time(); run(e); t[e].append(time.thread_time() - c)
             faults[e].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
     med = {e: np.median(v) * 1e3 for e, v in t.items()}
-    clean = [v for v, f in zip(t["torch"], faults["torch"]) if f == 0]
-    strict = (f"torch without faults {np.median(clean) * 1e3:8.3f} ms ({len(clean)}/{reps} steps): "
-              f"numba {med['numba'] / (np.median(clean) * 1e3):.2f}x" if clean else "torch faulted every step")
-    print(f"{name:30s} torch {med['torch']:8.3f} ms | numpy {med['numpy']:8.3f} ms ({med['numpy']/med['torch']:.2f}x) "
-          f"| numba {med['numba']:8.3f} ms ({med['numba']/med['torch']:.2f}x) | faults/step torch "
-          f"{np.median(faults['torch']):.0f} numba {np.median(faults['numba']):.0f} | {strict}", flush=True)
+    clean = {e: [v for v, f in zip(t[e], faults[e]) if f == 0] for e in order}
+    cmed = {e: np.median(v) * 1e3 if v else float("nan") for e, v in clean.items()}
+    print(f"{name:30s} all steps: torch {med['torch']:8.3f} ms | numpy {med['numpy'] / med['torch']:.2f}x "
+          f"| numba {med['numba']:8.3f} ms {med['numba'] / med['torch']:.2f}x || steps without page "
+          f"faults (torch {len(clean['torch'])}/{reps}, numba {len(clean['numba'])}/{reps}): torch "
+          f"{cmed['torch']:8.3f} ms | numba {cmed['numba']:8.3f} ms {cmed['numba'] / cmed['torch']:.2f}x",
+          flush=True)
