@@ -233,12 +233,12 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
     c = -g / D with h' = sum(gy * (x - mean)).
     """
     R, D = x2.shape
-    dx = np.empty(x2.shape, x2.dtype)
     if R * D == 0:
-        return dx, np.zeros(D), np.zeros(D)
+        return np.empty(x2.shape, x2.dtype), np.zeros(D), np.zeros(D)
     ck = engine.kernels()
     if ck is not None:
         return ck.norms.element_backward(dy2, x2, mean, invstd, weight)
+    dx = np.empty(x2.shape, x2.dtype)
     wd = work_dtype(x2.dtype)
     hi, lo = split_mean(mean, wd)
     fold = foldable(hi.astype(np.float64), invstd)
