@@ -12,12 +12,14 @@ Backward (the window's transpose runs from j - b to j + a):
 Computed in float64 over cache-sized blocks of (samples, positions) that hold all channels (the
 window runs across channels); the result is in the input's dtype. D is recomputed in backward
 rather than stored. The window sum adds shifted slices (at most 2C - 1 of them), so every sum is
-formed directly, never as a difference of prefix sums.
+formed directly, never as a difference of prefix sums. The compiled engine runs the betas with a
+short power form (0.5, 0.75, 1) in `compiled.lrn`.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import engine
 from .blocks import BLOCK_ELEMS
 
 __all__ = ["window_sum", "lrn_forward", "lrn_backward"]
@@ -59,6 +61,9 @@ def _denominator(xb: np.ndarray, size: int, alpha: float, k: float) -> np.ndarra
 def lrn_forward(x3: np.ndarray, size: int, alpha: float, beta: float, k: float) -> np.ndarray:
     """y for x3 (N, C, S); returns an array of x3's shape and dtype."""
     N, C, S = x3.shape
+    ck = engine.kernels()
+    if ck is not None and x3.size and ck.lrn.supports(beta):
+        return ck.lrn.forward(x3, size, alpha, beta, k)
     y = np.empty(x3.shape, x3.dtype)
     for n0, n1, s0, s1 in _blocks(N, C, S):
         xb = x3[n0:n1, :, s0:s1].astype(np.float64)
@@ -73,6 +78,9 @@ def lrn_backward(dy3: np.ndarray, x3: np.ndarray, size: int, alpha: float, beta:
                  k: float) -> np.ndarray:
     """dx for x3 (N, C, S) and its upstream gradient dy3; returns x3's shape and dtype."""
     N, C, S = x3.shape
+    ck = engine.kernels()
+    if ck is not None and x3.size and ck.lrn.supports(beta):
+        return ck.lrn.backward(dy3, x3, size, alpha, beta, k)
     dx = np.empty(x3.shape, x3.dtype)
     for n0, n1, s0, s1 in _blocks(N, C, S):
         xb = x3[n0:n1, :, s0:s1].astype(np.float64)

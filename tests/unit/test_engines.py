@@ -209,3 +209,39 @@ def test_fused_row_norms_equal_separate_passes(shape, groups, dtype):
     np.testing.assert_allclose(mean, mr, rtol=1e-6, atol=1e-6)
     tol = 2e-5 if dtype == np.float32 else 2e-2
     np.testing.assert_allclose(y2.astype(np.float64), yr.astype(np.float64), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("beta", [0.5, 0.75, 1.0, 0.6])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32, np.float16])
+def test_lrn_short_powers_compiled_others_numpy(beta, dtype, monkeypatch):
+    """LocalResponseNorm runs compiled for beta 0.5, 0.75 and 1 (square roots, a division), the
+    numpy kernel otherwise; both agree (float64 to 1e-12 of the largest value: only the power's
+    rounding differs, the input gradient's two terms can cancel, and k < 0 puts some D near 0;
+    16-bit and float32 results to one unit in the last place: the compiled kernels round float64
+    to float32, then to float16) and zeros, negative and infinite denominators give numpy's inf
+    and NaN."""
+    from syncnorm import nn
+    from syncnorm.functional.compiled import lrn as compiled_lrn
+    calls = []
+    real = compiled_lrn.forward
+    monkeypatch.setattr(compiled_lrn, "forward", lambda *a: calls.append(1) or real(*a))
+    rng = np.random.default_rng(5)
+    x = (3 * rng.standard_normal((2, 9, 70))).astype(dtype)
+    x[0, :, 0] = 0.0  # with k = 0: D = 0 there, y = 0 * inf = NaN
+    x[1, 2, 3] = np.inf
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    out = {}
+    for eng, k in (("numpy", 0.0), ("numba", 0.0), ("numpy", -0.5), ("numba", -0.5)):
+        with engine.use(eng), np.errstate(all="ignore"):
+            layer = nn.LocalResponseNorm(4, alpha=0.4, beta=beta, k=k)
+            out[eng, k] = layer(x), layer.backward(dy)
+    assert len(calls) == (2 if beta != 0.6 else 0)
+    ulp = float(np.finfo(dtype).eps)
+    for k in (0.0, -0.5):
+        for a, b in zip(out["numba", k], out["numpy", k]):
+            a, b = a.astype(np.float64), b.astype(np.float64)
+            np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
+            if dtype == np.float64:
+                np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.nanmax(np.abs(b[np.isfinite(b)])))
+            else:
+                np.testing.assert_allclose(a, b, rtol=ulp, atol=0)
