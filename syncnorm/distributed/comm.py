@@ -60,40 +60,12 @@ def timed_out(what: str, timeout: float, where: str) -> CollectiveTimeoutError:
     return err
 
 
-#: seconds a waiting rank polls its request without sleeping (yielding the core to any other
-#: runnable process) before it backs off with sleeps: ranks usually meet within this, and a sleep
-#: lasts at least the kernel's timer slack (50 us), which a step would pay twice
-SPIN_SECONDS = 2e-3
-#: the launcher's count of ranks on this host (Open MPI, MPICH/Hydra, Slurm)
-_LOCAL_SIZE_VARS = ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE")
-
-
-def spin_seconds() -> float:
-    """SPIN_SECONDS, or 0 when this host runs more ranks than it has cores (oversubscribed: a
-    polling rank would hold a core its peer needs to arrive). The host's cores, not this process's
-    affinity: a launcher binds each rank to its own core."""
-    for var in _LOCAL_SIZE_VARS:
-        v = os.environ.get(var, "")
-        if v.isdigit():
-            return SPIN_SECONDS if int(v) <= (os.cpu_count() or 1) else 0.0
-    return SPIN_SECONDS
-
-
-_SPIN = spin_seconds()
-
-
 def _wait(req: Any, timeout: float, what: str, comm: Any = None) -> None:
-    start = time.monotonic()
-    deadline = start + timeout
-    spin_until = start + min(_SPIN, timeout)
+    deadline = time.monotonic() + timeout
     pause = 0.0
     while not req.Test():
-        now = time.monotonic()
-        if now > deadline:
+        if time.monotonic() > deadline:
             raise timed_out(what, timeout, _where(comm))
-        if now < spin_until:
-            os.sched_yield()
-            continue
         time.sleep(pause)
         pause = min(1e-3, pause + 2e-5)
 
