@@ -5,12 +5,20 @@ pages (page faults, counted per step) more often than numpy does, so its time mo
 the last columns compare the medians over the steps in which each candidate took no page fault
 (the kernels without the allocator's share).
 
-    python benchmarks/bench_engines.py [NAME-SUBSTRING ...] [--reps N]
+    python benchmarks/bench_engines.py [NAME-SUBSTRING ...] [--reps N] [--threads N]
+
+--threads N gives the compiled kernels (SYNCNORM_NUM_THREADS) and torch N threads and times wall
+clock instead (the thread CPU time of the main thread would miss the other threads' work).
 """
-import resource, sys, time, numpy as np, torch
+import os, resource, sys, time
+args = sys.argv[1:]
+THREADS = int(args[args.index("--threads") + 1]) if "--threads" in args else 1
+os.environ["SYNCNORM_NUM_THREADS"] = str(THREADS)  # read when syncnorm is imported
+import numpy as np, torch
 import syncnorm
 from syncnorm.functional import engine
-torch.set_num_threads(1)
+torch.set_num_threads(THREADS)
+clock = time.thread_time if THREADS == 1 else time.perf_counter
 rng = np.random.default_rng(0)
 CASES = [
     ("BatchNorm2d", (32, 256, 28, 28), lambda: syncnorm.nn.BatchNorm2d(256), lambda: torch.nn.BatchNorm2d(256)),
@@ -22,9 +30,11 @@ CASES = [
     ("LocalResponseNorm(5)", (32, 256, 28, 28), lambda: syncnorm.nn.LocalResponseNorm(5), lambda: torch.nn.LocalResponseNorm(5)),
     ("BatchNorm2d small (8,16,4,4)", (8, 16, 4, 4), lambda: syncnorm.nn.BatchNorm2d(16), lambda: torch.nn.BatchNorm2d(16)),
 ]
-args = sys.argv[1:]
 REPS = int(args[args.index("--reps") + 1]) if "--reps" in args else None
-WANT = [a for i, a in enumerate(args) if a != "--reps" and (i == 0 or args[i - 1] != "--reps")]
+OPTS = ("--reps", "--threads")
+WANT = [a for i, a in enumerate(args) if a not in OPTS and (i == 0 or args[i - 1] not in OPTS)]
+print(f"threads {THREADS}, clock {'thread CPU time' if THREADS == 1 else 'wall'}; "
+      f"kernels: {engine.describe()}", flush=True)
 for name, shape, mk, mkt in CASES:
     if WANT and not any(w.lower() in name.lower() for w in WANT):
         continue
@@ -47,7 +57,7 @@ for name, shape, mk, mkt in CASES:
     for r in range(reps):
         for e in order[r % 3:] + order[:r % 3]:
             f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            c = time.thread_time(); run(e); t[e].append(time.thread_time() - c)
+            c = clock(); run(e); t[e].append(clock() - c)
             faults[e].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
     med = {e: np.median(v) * 1e3 for e, v in t.items()}
     clean = {e: [v for v, f in zip(t[e], faults[e]) if f == 0] for e in order}
