@@ -13,8 +13,10 @@ import argparse
 import os
 import time
 
-for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_v, "1")
+# one thread per rank, whatever the launcher chose (syncnorm-launch gives a lone rank every core)
+for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
+           "SYNCNORM_NUM_THREADS"):
+    os.environ[_v] = "1"
 
 import numpy as np  # noqa: E402
 from mpi4py import MPI  # noqa: E402
