@@ -153,6 +153,12 @@ def eval_backward(dy3: np.ndarray, invstd: np.ndarray, weight: np.ndarray | None
 
 
 # ------------------------------------------------------------------ whole steps
+def _alone(exchange: Exchange | None) -> bool:
+    """No exchange, or one in a group of one rank (which sums nothing and makes no collective): the
+    statistics are local, so the compiled engine may fuse the passes."""
+    return exchange is None or exchange.size == 1
+
+
 def _fusable(x3: np.ndarray, out3: np.ndarray | None) -> bool:
     return (x3.size > 0 and x3.shape[0] * x3.shape[2] > 1
             and (out3 is None or out3.flags.c_contiguous or x3.shape[2] >= MIN_ROW))
@@ -167,7 +173,7 @@ def forward(x3: np.ndarray, plan: StepPlan, dtype: Any, shape: tuple, weight: np
     fused per channel while it is in cache; otherwise `plan_stats` (the exchange between the
     statistics and the normalize pass), then `normalize`."""
     ck = engine.kernels()
-    if (ck is not None and plan.exchange is None and plan.mode is not Mode.RUNNING
+    if (ck is not None and _alone(plan.exchange) and plan.mode is not Mode.RUNNING
             and not plan.check_finite and _fusable(x3, out3)):
         y = np.empty(x3.shape, x3.dtype) if out3 is None else out3
         assert plan.shift is not None
@@ -193,7 +199,7 @@ def train_backward(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
     `exchange`, dx uses the group's sums (ONE collective between the two passes); without one the
     compiled engine fuses both passes per channel in cache."""
     ck = engine.kernels()
-    if ck is not None and exchange is None and _fusable(x3, out3):
+    if ck is not None and _alone(exchange) and _fusable(x3, out3):
         dx = np.empty(x3.shape, x3.dtype) if out3 is None else out3
         g, h = ck.batch_norm.backward_local(dy3, x3, mean, invstd, weight, dx)
         return dx, g, h
