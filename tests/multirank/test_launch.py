@@ -26,6 +26,10 @@ OMPI = MPIInfo("openmpi", "Open MPI v5", "/x/mpirun")
 MPICH = MPIInfo("mpich", "MPICH Version: 5", "/x/mpiexec")
 IMPI = MPIInfo("intelmpi", "Intel(R) MPI Library 2021", "/x/mpiexec.hydra")
 
+# Subject: the launcher (detection, command lines, exit codes, signals, timeouts); the jobs' ranks
+# need not pay for numba's import and kernel loading (conftest.py _child_kernels).
+pytestmark = pytest.mark.child_kernels("numpy")
+
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
         input_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
