@@ -34,6 +34,24 @@ def kernel_engine(request):
         yield request.param
 
 
+@pytest.fixture(autouse=True)
+def _child_kernels(request):
+    """The kernel engine of the processes a test starts (ranks, jobs, CLIs): a test or module whose
+    subject is not the kernels' numerics (the launcher, faults, timeouts, checkpoint files, cluster
+    plumbing) is marked `child_kernels("numpy")`, and each such process skips numba's import and
+    the loading of its cached kernels, about 0.6 s of CPU per process (docs/performance.md). Set
+    per test: processes that module-scoped fixtures start keep the default engine."""
+    marker = request.node.get_closest_marker("child_kernels")
+    if marker is None:
+        yield
+        return
+    from syncnorm.functional import engine
+    engine.name()  # resolve (and keep) this process's own engine before the variable changes
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(engine.ENV, marker.args[0])
+        yield
+
+
 def _warm_compiled_kernels() -> None:
     """Compile (or load from the cache) the compiled engine's kernels once, in this process, before
     any test starts ranks of its own: with an empty cache (a fresh checkout, CI) every rank of the
@@ -83,6 +101,8 @@ def pytest_configure(config):
     session files in $TMPDIR/ompi.PID; a directory left by a killed launcher elsewhere on the
     machine would stop any launcher of ours that reuses the PID ("The PMIx server's listener
     thread failed to start"; see syncnorm.launch.remove_session_dir)."""
+    config.addinivalue_line("markers", "child_kernels(engine): SYNCNORM_KERNELS of the processes "
+                            "a module's tests start (see _child_kernels)")
     _warm_compiled_kernels()
     d = tempfile.mkdtemp(prefix="syncnorm-tests-")
     _PRIVATE_TMP.append(d)

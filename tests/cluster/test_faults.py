@@ -33,8 +33,11 @@ ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 LOOP = str(ROOT / "tests/support/jobs/sbn_loop.py")
 
-pytestmark = pytest.mark.skipif(NetnsCluster.unavailable() is not None,
-                                reason=str(NetnsCluster.unavailable()))
+# Subject: faults (a killed rank, a cut link) and what is left after them; the ranks
+# need not pay for numba's import and kernel loading (conftest.py _child_kernels).
+pytestmark = [pytest.mark.skipif(NetnsCluster.unavailable() is not None,
+                                 reason=str(NetnsCluster.unavailable())),
+              pytest.mark.child_kernels("numpy")]
 
 
 @pytest.fixture(scope="module")

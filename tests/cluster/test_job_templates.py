@@ -26,6 +26,11 @@ from slurm_cluster import SlurmCluster
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+
+# Subject: the scheduler job scripts and their plumbing (Slurm, PBS, hostfile); the ranks
+# need not pay for numba's import and kernel loading (conftest.py _child_kernels).
+pytestmark = pytest.mark.child_kernels("numpy")
+
 SCRIPTS = ["slurm-srun.sbatch", "slurm-mpirun.sbatch", "pbs.sh", "hostfile.sh"]
 
 

@@ -22,8 +22,13 @@ from netns_cluster import NetnsCluster
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 
-pytestmark = pytest.mark.skipif(NetnsCluster.unavailable() is not None,
-                                reason=str(NetnsCluster.unavailable()))
+# Subject: ranks on several hosts talking TCP; each run is compared with a single-host run on
+# the same engine. The compiled kernels' parity across ranks is run on the default engine by
+# multirank/test_syncbn_mpi.py, test_train_mpi.py and test_determinism.py; the ranks here
+# need not pay for numba's import and kernel loading (conftest.py _child_kernels).
+pytestmark = [pytest.mark.skipif(NetnsCluster.unavailable() is not None,
+                                 reason=str(NetnsCluster.unavailable())),
+              pytest.mark.child_kernels("numpy")]
 
 
 @pytest.fixture(scope="module")

@@ -41,8 +41,13 @@ MPI_GRACE = 5.0
 #: 2 cores per host ("more cpus than are available")
 NO_BINDING = ("--mpi-arg=--bind-to", "--mpi-arg=none")
 
-pytestmark = pytest.mark.skipif(NetnsCluster.unavailable() is not None,
-                                reason=str(NetnsCluster.unavailable()))
+# Subject: 16 ranks on 4 hosts (groups by host and across hosts, a kill at that scale); the
+# compiled kernels' parity across ranks is run on the default engine by multirank/
+# test_syncbn_mpi.py, test_train_mpi.py and test_determinism.py, and 16 ranks each paying
+# numba's import and kernel loading would cost ~10 s of CPU per job (conftest.py _child_kernels).
+pytestmark = [pytest.mark.skipif(NetnsCluster.unavailable() is not None,
+                                 reason=str(NetnsCluster.unavailable())),
+              pytest.mark.child_kernels("numpy")]
 
 
 @pytest.fixture(scope="module")

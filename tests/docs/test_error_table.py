@@ -967,6 +967,7 @@ def test_multi_rank_rows_on_2_ranks():
         assert set(ok) == {"0", "1"}, f"{rid} was not checked on both ranks:\n{job.output[-4000:]}"
 
 
+@pytest.mark.child_kernels("numpy")  # subject: the timeout's message (conftest.py _child_kernels)
 def test_collective_timeout_row_as_a_job():
     """A rank that calls SyncBatchNorm once more than its peer (which has finished): its collective
     times out, the documented error ends the job."""
@@ -979,6 +980,7 @@ def test_collective_timeout_row_as_a_job():
     assert "RanksOutOfStep" not in job.output
 
 
+@pytest.mark.child_kernels("numpy")  # subject: the world mismatch (conftest.py _child_kernels)
 def test_torch_world_mismatch_row_as_a_job():
     """An MPI world of 3 whose ranks 0 and 1 also form a torch.distributed world of 2: on those two,
     process_group=None is ambiguous and the documented error says so."""

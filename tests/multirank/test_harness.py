@@ -1,4 +1,10 @@
+import pytest
+
 from mpi_harness import run_mpi, run_pytest_mpi
+
+# Subject: the MPI harness itself (a smoke run, an aborting rank, a bounded hang); the ranks
+# need not pay for numba's import and kernel loading (conftest.py _child_kernels).
+pytestmark = pytest.mark.child_kernels("numpy")
 
 
 def test_pytest_mpi_smoke_on_2_ranks():

@@ -26,6 +26,10 @@ OMPI = MPIInfo("openmpi", "Open MPI v5", "/x/mpirun")
 MPICH = MPIInfo("mpich", "MPICH Version: 5", "/x/mpiexec")
 IMPI = MPIInfo("intelmpi", "Intel(R) MPI Library 2021", "/x/mpiexec.hydra")
 
+# Subject: the launcher (detection, command lines, exit codes, signals, timeouts); the jobs' ranks
+# need not pay for numba's import and kernel loading (conftest.py _child_kernels).
+pytestmark = pytest.mark.child_kernels("numpy")
+
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
         input_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -114,8 +118,10 @@ def test_bad_requests_say_what_is_wrong(kwargs, match):
 
 
 def test_dry_run_prints_the_open_mpi_command_with_root_flags():
+    # SYNCNORM_* variables are passed on with -x (this module sets SYNCNORM_KERNELS): none here
+    bare = {k: v for k, v in os.environ.items() if not k.startswith("SYNCNORM_")}
     r = cli("-n", "64", "--timeout", "30", "--dry-run", "--no-thread-limits", "--", "python", "-c",
-            "pass")
+            "pass", env=bare)
     assert r.returncode == 0, r.stderr
     line = r.stdout.strip()
     assert f"{Path(PY).parent}/mpirun -n 64 --oversubscribe --timeout 30 python -c pass" in line

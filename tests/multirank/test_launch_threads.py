@@ -20,6 +20,11 @@ from syncnorm.launch.threads import THREAD_VARS, ranks_per_host, thread_limits, 
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+
+# Subject: the thread variables the launcher gives each rank; the ranks need not pay
+# for numba's import and kernel loading (conftest.py _child_kernels).
+pytestmark = pytest.mark.child_kernels("numpy")
+
 #: every rank writes the thread variables it sees to DIR/RANK.json (DIR: the first argument)
 SHOW = ("import json, os, sys; from mpi4py import MPI; "
         "open(os.path.join(sys.argv[1], f'{MPI.COMM_WORLD.rank}.json'), 'w').write("

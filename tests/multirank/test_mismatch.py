@@ -23,6 +23,11 @@ from syncnorm.distributed.env import MPIMismatchError
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
+
+# Subject: which launcher and MPI library a rank sees, and the errors when they differ; the ranks
+# need not pay for numba's import and kernel loading (conftest.py _child_kernels).
+pytestmark = pytest.mark.child_kernels("numpy")
+
 PROBE = ("from syncnorm.distributed import get_world_group\n"
          "w = get_world_group()\n"
          "import sys; sys.stdout.write(f'SIZEIS {w.rank} {w.size}\\n'); sys.stdout.flush()\n")

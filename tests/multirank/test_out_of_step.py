@@ -9,6 +9,8 @@ tests/docs/test_error_table.py checks its message).
 import re
 import time
 
+import pytest
+
 from mpi_harness import run_mpi, run_pytest_mpi
 
 
@@ -19,6 +21,7 @@ def test_out_of_step_scenarios_on_4_ranks():
     assert len(summaries) == 4 and all(int(s) == 11 for s in summaries), job.output[-3000:]
 
 
+@pytest.mark.child_kernels("numpy")  # subject: the collective timeout (conftest.py _child_kernels)
 def test_a_rank_running_an_extra_step_while_the_others_work_on_ends_the_job():
     """Rank 0 runs one more SyncBatchNorm step; the others go on with 60 s of work that does not
     communicate. Rank 0's Allreduce times out after 2 s, it prints the fatal line and raises, and

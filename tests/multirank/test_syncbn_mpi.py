@@ -15,6 +15,7 @@ def test_syncbatchnorm_on_p_ranks(nprocs):
         assert all(s[1] == "" and int(s[0]) >= 20 for s in summaries), summaries
 
 
+@pytest.mark.child_kernels("numpy")  # subject: the error and the job's end (conftest.py _child_kernels)
 def test_rank_in_eval_while_others_train_ends_the_job_with_a_clear_error():
     import time
 

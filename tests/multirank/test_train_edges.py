@@ -24,6 +24,12 @@ from mpi_harness import ROOT, run_mpi
 from syncnorm import checkpoint as ck
 from syncnorm.training.train import main
 
+# Subject: the trainer's option checks, checkpoint files and resume refusals, not the kernels'
+# numerics (multirank/test_train_mpi.py and test_determinism.py run training on the default
+# engine); the ranks and CLI processes need not pay for numba's import and kernel loading
+# (conftest.py _child_kernels).
+pytestmark = pytest.mark.child_kernels("numpy")
+
 TINY = ["--max-train", "48", "--batch-size", "16", "--width", "2", "--progress", "none"]
 ENV1 = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 

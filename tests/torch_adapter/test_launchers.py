@@ -45,6 +45,7 @@ def test_torch_groups_empty_rank_extra_layers_and_out_of_step_on_4_ranks(launche
     assert done == {(c, str(r)) for c in cases for r in range(4)}, job.output[-3000:]
 
 
+@pytest.mark.child_kernels("numpy")  # subject: a peer's death, not the kernels (conftest.py _child_kernels)
 def test_a_gloo_peer_killed_mid_step_ends_the_survivor():
     job = run_ranks(2, [f"{WORKERS}/torch_peer_killed.py", "kill"], timeout=120)
     out = job.output
@@ -58,6 +59,7 @@ def test_a_gloo_peer_killed_mid_step_ends_the_survivor():
                      out), out[-3000:]
 
 
+@pytest.mark.child_kernels("numpy")  # subject: the timeout, not the kernels (conftest.py _child_kernels)
 def test_a_rank_that_never_arrives_times_out_over_gloo():
     job = run_torchrun(2, [f"{WORKERS}/torch_peer_killed.py", "late"], timeout=120)
     out = job.output

@@ -37,6 +37,7 @@ def test_ddp_training_follows_the_single_process_large_batch_run():
     assert all(skipped == "" for _, skipped in summaries(job, 4)), job.output[-2000:]
 
 
+@pytest.mark.child_kernels("numpy")  # subject: the timeout, not the kernels (conftest.py _child_kernels)
 def test_timeout_keyword_ends_a_job_whose_rank_never_arrives(tmp_path):
     script = tmp_path / "skip.py"
     script.write_text("import time, torch\nfrom mpi4py import MPI\nfrom syncnorm.torch import SyncBatchNorm\n"
