@@ -17,6 +17,7 @@ import numpy as np
 
 from ..distributed import all_gather
 from ..distributed.group import ProcessGroup
+from ..functional import engine
 
 __all__ = ["kernel_engine", "blas_threads", "blas_build", "local_environment", "environment",
            "differences"]
@@ -28,9 +29,9 @@ _RECORD_BYTES = 1024  # one rank's record as JSON, zero-padded for the Allgather
 
 
 def kernel_engine() -> str:
-    """The statistics kernel engine of this process: SYNCNORM_KERNELS, "numpy" when unset (the one
-    place that reads it, so an engine selection can replace it)."""
-    return os.environ.get("SYNCNORM_KERNELS", "numpy").strip() or "numpy"
+    """The kernel engine this process's layers run ("numpy" or "numba"): SYNCNORM_KERNELS as
+    `functional.engine` resolved it (auto: numba when installed)."""
+    return engine.name()
 
 
 def _openblas() -> Any | None:
