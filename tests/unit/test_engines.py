@@ -245,3 +245,13 @@ def test_lrn_short_powers_compiled_others_numpy(beta, dtype, monkeypatch):
                 np.testing.assert_allclose(a, b, rtol=0, atol=1e-12 * np.nanmax(np.abs(b[np.isfinite(b)])))
             else:
                 np.testing.assert_allclose(a, b, rtol=ulp, atol=0)
+
+
+def test_checkpoints_record_the_engine_that_ran(monkeypatch):
+    """The training checkpoint's numerics name the engine the layers ran, whatever the variable
+    says (unset means auto: numba here)."""
+    from syncnorm.training.numerics import kernel_engine
+    monkeypatch.delenv("SYNCNORM_KERNELS", raising=False)
+    for eng in ("numba", "numpy"):
+        with engine.use(eng):
+            assert kernel_engine() == eng
