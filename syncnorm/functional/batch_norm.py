@@ -154,8 +154,9 @@ def eval_backward(dy3: np.ndarray, invstd: np.ndarray, weight: np.ndarray | None
 
 # ------------------------------------------------------------------ whole steps
 def _alone(exchange: Exchange | None) -> bool:
-    """No exchange, or one in a group of one rank (which sums nothing and makes no collective): the
-    statistics are local, so the compiled engine may fuse the passes."""
+    """No exchange, or one in a group of one rank (which returns the sums it is given and makes no
+    collective): the statistics are local, so the compiled engine may fuse the passes (the exchange
+    is still called with the local sums, as in any step)."""
     return exchange is None or exchange.size == 1
 
 
@@ -181,6 +182,9 @@ def forward(x3: np.ndarray, plan: StepPlan, dtype: Any, shape: tuple, weight: np
         if got is not None:  # else a shift far off: the statistics step sums again
             mean, var, invstd = got
             n = x3.shape[0] * x3.shape[2]
+            if plan.exchange is not None:  # a group of one: it returns the sums, and counts the call
+                d = mean - plan.shift
+                plan.exchange.forward(float(n), n * d, n * (var + d * d))
             if plan.mode is Mode.TRAIN and plan.record is not None:
                 plan.record(n, mean, var)
             return n, mean, invstd, y
@@ -202,6 +206,8 @@ def train_backward(dy3: np.ndarray, x3: np.ndarray, mean: np.ndarray, invstd: np
     if ck is not None and _alone(exchange) and _fusable(x3, out3):
         dx = np.empty(x3.shape, x3.dtype) if out3 is None else out3
         g, h = ck.batch_norm.backward_local(dy3, x3, mean, invstd, weight, dx)
+        if exchange is not None:  # a group of one: it returns the sums, and counts the call
+            exchange.backward(g, h)
         return dx, g, h
     g, h = backward_reduce(dy3, x3, mean, invstd)
     G, H = (g, h) if exchange is None else exchange.backward(g, h, (str(dtype),))
