@@ -82,6 +82,18 @@ def all_backward_consts(mean, invstd, w, g, h, count, hw, kw, aw, cw):
 
 # ---------------------------------------------------------------- rows: one channel
 @helper
+def _sums_about(xs, kw):
+    """(sum(x - kw), sum((x - kw)^2)) of a piece in the working dtype (kw in it)."""
+    t1 = to_work(0.0, xs)
+    t2 = to_work(0.0, xs)
+    for m in range(xs.shape[0]):
+        d = load(xs[m]) - kw
+        t1 += d
+        t2 += d * d
+    return t1, t2
+
+
+@helper
 def _piece_sums(xr, p0, p1, k):
     """Shifted sums (S1, S2) of xr[p0:p1] about k (float64): summed in the working dtype about k
     rounded to it, or, for a piece whose mean is more than 4 of its standard deviations from that
@@ -89,25 +101,14 @@ def _piece_sums(xr, p0, p1, k):
     `moments._piece_moments`)."""
     xs = xr[p0:p1]  # (a slice: an index p0 + m would be checked for wrap-around, unvectorized)
     kw = to_work(k, xr)
-    t1 = to_work(0.0, xr)
-    t2 = to_work(0.0, xr)
-    for m in range(xs.shape[0]):
-        d = load(xs[m]) - kw
-        t1 += d
-        t2 += d * d
+    t1, t2 = _sums_about(xs, kw)
     n = np.float64(p1 - p0)
     a1 = np.float64(t1)
     mt = a1 / n
     centred = np.float64(t2) - a1 * mt
     if mt * mt > (UNCENTRED_LIMIT / n) * centred:  # NaN compares False: propagates
-        mw = to_work(np.float64(kw) + mt, xr)
-        t1 = to_work(0.0, xr)
-        t2 = to_work(0.0, xr)
-        for m in range(xs.shape[0]):
-            d = load(xs[m]) - mw
-            t1 += d
-            t2 += d * d
-        kw = mw
+        kw = to_work(np.float64(kw) + mt, xr)
+        t1, t2 = _sums_about(xs, kw)
         a1 = np.float64(t1)
     off = np.float64(kw) - k
     return a1 + n * off, np.float64(t2) + off * (2.0 * a1 + n * off)

@@ -35,6 +35,18 @@ def _neg_power(d, mode):
 
 
 @helper
+def _window_sum(v, c, before, after, B, out):
+    """out[:B] = sum of v[j, :B] for channels j in [c - before, c + after] within the C rows of v,
+    added in ascending order from 0 (as `lrn.window_sum` adds them)."""
+    for m in range(B):
+        out[m] = 0.0
+    for j in range(max(0, c - before), min(v.shape[0] - 1, c + after) + 1):
+        src = v[j]
+        for m in range(B):
+            out[m] += src[m]
+
+
+@helper
 def _denominators(x, n, s0, B, before, after, scale, k, sq, dd):
     """dd[c, :B] = k + scale * (sum of x^2 over channels c - before .. c + after) at positions
     s0 .. s0 + B of sample n (sq: scratch (C, LRN_BLOCK))."""
@@ -46,12 +58,7 @@ def _denominators(x, n, s0, B, before, after, scale, k, sq, dd):
             sq[c, m] = v * v
     for c in range(C):
         row = dd[c]
-        for m in range(B):
-            row[m] = 0.0
-        for j in range(max(0, c - before), min(C - 1, c + after) + 1):
-            src = sq[j]
-            for m in range(B):
-                row[m] += src[m]
+        _window_sum(sq, c, before, after, B, row)
         for m in range(B):
             row[m] = row[m] * scale + k
 
@@ -99,12 +106,7 @@ def lrn_backward(dy, x, size, alpha, beta, k, mode, out):
                     t[c, m] = np.float64(load(ds[m])) * np.float64(load(xs[m])) * p / d
                     dd[c, m] = p  # D^-beta from here on
             for j in range(C):
-                for m in range(B):
-                    u[m] = 0.0
-                for c in range(max(0, j - before), min(C - 1, j + after) + 1):
-                    src = t[c]
-                    for m in range(B):
-                        u[m] += src[m]
+                _window_sum(t, j, before, after, B, u)
                 xs = x[n, j, s0:s0 + B]
                 ds = dy[n, j, s0:s0 + B]
                 os_ = out[n, j, s0:s0 + B]

@@ -80,9 +80,10 @@ def element_backward(dy2: np.ndarray, x2: np.ndarray, mean: np.ndarray, invstd: 
     invstd = np.ascontiguousarray(invstd, dtype=np.float64)
     hi = mean.astype(wd)
     xc = np.stack([invstd, (mean - hi) * invstd]).astype(wd)
-    norm_kernels.layer_backward_sums(raw(dy2)[None], raw(x2)[None], hi, xc, _vec(weight, D, 1.0, wd),
-                                     tile, norm_kernels.LN_FLUSH_ROWS, gp, hp, dweight, dbias)
+    w = _vec(weight, D, 1.0, wd)
+    norm_kernels.layer_backward_sums(raw(dy2)[None], raw(x2)[None], hi, xc, w, tile,
+                                     norm_kernels.LN_FLUSH_ROWS, gp, hp, dweight, dbias)
     dx = np.empty(x2.shape, x2.dtype)
-    norm_kernels.layer_backward_dx(raw(dy2)[None], raw(x2)[None], mean, invstd, gp, hp,
-                                   _vec(weight, D, 1.0, wd), np.empty(1, wd), raw(dx)[None])
+    norm_kernels.layer_backward_dx(raw(dy2)[None], raw(x2)[None], mean, invstd, gp, hp, w,
+                                   np.empty(1, wd), raw(dx)[None])
     return dx, dweight, dbias
